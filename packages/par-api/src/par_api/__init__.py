@@ -1,0 +1,70 @@
+"""par-api: the contracts every par package codes against (standard library only)."""
+
+from .__about__ import __version__
+from .backend import AutoBatchingMixin, ParallelBackendBase, TransportHooks, default_effective_n_jobs
+from .config import (
+    DEFAULTS,
+    ActiveConfig,
+    active_backend,
+    check_inner_max_num_threads_supported,
+    default,
+    effective_n_jobs,
+    get_active_config,
+    parallel_backend,
+    parallel_config,
+    parse_nbytes,
+)
+from .cpu import cpu_count, cpu_count_report
+from .exceptions import BackendNotAvailableError, RemoteTraceback, WorkerDiedError
+from .njobs import check_n_jobs, check_prefer, check_prefer_require, check_require, normalize_n_jobs
+from .registry import (
+    ENTRY_POINT_GROUP,
+    available_backends,
+    backend_providers,
+    default_backend_name,
+    get_backend_factory,
+    make_backend,
+    multiprocessing_available,
+    register_parallel_backend,
+)
+from .task import BatchedCalls, Task, delayed, run_tasks
+
+__all__ = [
+    "DEFAULTS",
+    "ENTRY_POINT_GROUP",
+    "ActiveConfig",
+    "AutoBatchingMixin",
+    "BackendNotAvailableError",
+    "BatchedCalls",
+    "ParallelBackendBase",
+    "RemoteTraceback",
+    "Task",
+    "TransportHooks",
+    "WorkerDiedError",
+    "__version__",
+    "active_backend",
+    "available_backends",
+    "backend_providers",
+    "check_inner_max_num_threads_supported",
+    "check_n_jobs",
+    "check_prefer",
+    "check_prefer_require",
+    "check_require",
+    "cpu_count",
+    "cpu_count_report",
+    "default",
+    "default_backend_name",
+    "default_effective_n_jobs",
+    "delayed",
+    "effective_n_jobs",
+    "get_active_config",
+    "get_backend_factory",
+    "make_backend",
+    "multiprocessing_available",
+    "normalize_n_jobs",
+    "parallel_backend",
+    "parallel_config",
+    "parse_nbytes",
+    "register_parallel_backend",
+    "run_tasks",
+]

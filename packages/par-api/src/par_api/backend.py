@@ -1,0 +1,217 @@
+"""The backend interface every backend package implements, and the transport hooks
+that the composition root (``par``) hands to process backends.
+
+The method names and signatures follow joblib's documented custom-backend API, so a
+backend written for joblib ports by changing its import. The scheduler drives a backend
+like this::
+
+    n = backend.configure(n_jobs, parallel=..., hooks=TransportHooks(...), **kwargs)
+    backend.start_call()
+    fut = backend.submit(batch, callback=on_done)   # batch() -> list of results
+    # ... on_done(fut) fires when the batch is finished (success or failure)
+    results = backend.retrieve_result_callback(fut) # results, or raises the error
+    backend.stop_call()
+    backend.terminate()                              # when the pool is no longer needed
+
+A minimal backend overrides ``effective_n_jobs`` and ``submit`` (and usually
+``configure``/``terminate`` to own a pool). Class attributes carry the defaults so that
+a subclass whose ``__init__`` does not call ``super().__init__()`` still works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .njobs import normalize_n_jobs
+
+
+@dataclass(frozen=True)
+class TransportHooks:
+    """What a process backend needs to run par tasks well, built by ``par``.
+
+    A backend never imports the packages behind these (memmapping, serialization,
+    thread limits); it only applies them:
+
+    - ``serialize_batch``: called in the parent on each batch before it is sent to a
+      worker process; returns the (picklable, callable) object to send instead. It
+      raises at dispatch when the batch cannot be pickled.
+    - ``env``: environment variables to set in worker processes before they start
+      (e.g. thread limits of native libraries). A change means new workers.
+    - ``initializer``/``initargs``: run once in each new worker process.
+    - ``job_reducers``/``result_reducers``: extra ``copyreg``-style reducers for the
+      pickler of the task/result channel, where the backend's pool supports them.
+    """
+
+    serialize_batch: Callable[[Any], Any] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    initializer: Callable[..., None] | None = None
+    initargs: tuple[Any, ...] = ()
+    job_reducers: Mapping[type, Callable[[Any], Any]] | None = None
+    result_reducers: Mapping[type, Callable[[Any], Any]] | None = None
+
+    def worker_key(self) -> tuple[Any, ...]:
+        """What identifies a worker's set-up: equal keys mean workers can be reused."""
+        return (tuple(sorted(self.env.items())), self.initializer, self.initargs)
+
+
+class ParallelBackendBase(ABC):
+    """Base class of par backends (the same contract as joblib's custom backend API)."""
+
+    #: n_jobs used when the caller gives None and no parallel_config sets one.
+    default_n_jobs: int = 1
+    #: The scheduler stops a batch running longer than ``timeout`` by terminating the
+    #: backend's workers; thread backends cannot stop a running thread.
+    supports_timeout: bool = False
+    #: Workers share the caller's memory (``require='sharedmem'`` is satisfied).
+    supports_sharedmem: bool = False
+    #: Workers are threads of the caller's process.
+    uses_threads: bool = False
+    #: ``inner_max_num_threads`` can be honoured (process workers with an environment).
+    supports_inner_max_num_threads: bool = False
+    #: The completion callback passed to ``submit`` delivers results (always true for
+    #: par backends; kept for joblib compatibility).
+    supports_retrieve_callback: bool = True
+    #: Results can be yielded as a generator (``return_as='generator'``).
+    supports_return_generator: bool = True
+    #: Let the scheduler size batches adaptively (``batch_size='auto'``); when False the
+    #: scheduler uses ``compute_batch_size()``.
+    supports_auto_batching: bool = False
+    #: Tasks cross a process boundary: ``par`` builds ``TransportHooks`` (serialization,
+    #: memmapping of large arrays, worker environment) for this backend.
+    supports_transport_hooks: bool = False
+
+    nesting_level: int | None = None
+    inner_max_num_threads: int | None = None
+    parallel: Any = None
+    hooks: TransportHooks | None = None
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.nesting_level = nesting_level
+        self.inner_max_num_threads = inner_max_num_threads
+
+    # -- sizing -----------------------------------------------------------------
+    @abstractmethod
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """The number of workers this backend will really use for ``n_jobs``.
+
+        Must raise ``ValueError`` for ``n_jobs == 0``. The default rule for local
+        backends is :func:`par_api.normalize_n_jobs`.
+        """
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Prepare the backend for a call (or a ``with Parallel(...)`` block).
+
+        Receives the requested ``n_jobs``, the calling ``Parallel`` (for its options),
+        the soft/hard hints and extra keyword arguments: ``hooks`` (a
+        :class:`TransportHooks`, for process backends) and whatever the user passed to
+        ``Parallel(**backend_kwargs)`` (e.g. ``initializer``/``initargs``).
+        Returns the effective number of workers. May start a pool.
+        """
+        self.parallel = parallel
+        self.hooks = backend_kwargs.get("hooks")
+        return self.effective_n_jobs(n_jobs)
+
+    # -- running ------------------------------------------------------------------
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
+        """Schedule ``func()`` (a batch; returns the list of its results).
+
+        Returns a future-like object ``out``. ``callback(out)`` must be called exactly
+        once when ``func`` has finished, whether it succeeded or failed, from any thread.
+        The default delegates to a legacy ``apply_async`` when a subclass defines one.
+        """
+        if type(self).apply_async is not ParallelBackendBase.apply_async:
+            return self.apply_async(func, callback=callback)
+        raise NotImplementedError(f"{type(self).__name__} must implement submit(func, callback=None)")
+
+    def apply_async(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
+        """Legacy name of :meth:`submit` (joblib < 1.3 backends)."""
+        raise NotImplementedError
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """Return the result carried by ``out`` (what ``submit`` returned and the callback
+        received), or raise the exception of the failed batch."""
+        if hasattr(out, "result"):
+            return out.result()
+        if hasattr(out, "get"):
+            return out.get()
+        return out
+
+    def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
+        """Wait up to ``timeout`` seconds for ``out`` and return its result."""
+        if hasattr(out, "result"):
+            return out.result(timeout=timeout)
+        return out.get(timeout=timeout)
+
+    # -- call life cycle ----------------------------------------------------------
+    def start_call(self) -> None:
+        """Called before the first batch of a call is submitted."""
+
+    def stop_call(self) -> None:
+        """Called after the last result of a call was retrieved (or the call failed)."""
+
+    def terminate(self) -> None:
+        """Release the workers (end of a call, or of a ``with Parallel`` block)."""
+
+    def compute_batch_size(self) -> int:
+        """Tasks per batch when the scheduler does not size batches itself."""
+        return 1
+
+    def batch_completed(self, batch_size: int, duration: float) -> None:
+        """Told after each batch: its size and how long it took (seconds)."""
+
+    def get_exceptions(self) -> list[type[BaseException]]:
+        """Exception types raised by the backend itself that must abort a call."""
+        return []
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Stop every running and pending task (first error, timeout, Ctrl-C).
+
+        With ``ensure_ready``, the backend must be usable again afterwards (the next
+        call in a ``with Parallel(...)`` block works).
+        """
+        self.terminate()
+        if ensure_ready:
+            args = getattr(self, "_last_configure", None)
+            if args is not None:
+                self.configure(**args)
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """The backend (instance or name) and n_jobs for a ``Parallel`` running inside a
+        task of this backend. Default: sequential, so nested calls never over-subscribe."""
+        return "sequential", 1
+
+    @contextlib.contextmanager
+    def retrieval_context(self) -> Iterator[None]:
+        """Context around the wait for results (e.g. to release a cluster slot)."""
+        yield
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class AutoBatchingMixin:
+    """Mark a backend as wanting the scheduler's adaptive batch sizing (joblib name)."""
+
+    supports_auto_batching = True
+
+
+def default_effective_n_jobs(n_jobs: int | None) -> int:
+    """The rule used by local backends: see :func:`par_api.normalize_n_jobs`."""
+    return normalize_n_jobs(n_jobs)

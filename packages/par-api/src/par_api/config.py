@@ -1,0 +1,368 @@
+"""``parallel_config`` / ``parallel_backend``: the active configuration, per thread.
+
+Each thread has a stack of the fields set explicitly by the enclosing
+``parallel_config`` blocks. An inner block overrides only the fields it sets; leaving
+it (also through an exception) restores the outer state. ``get_active_config()``
+merges the stack over the documented defaults.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from .backend import ParallelBackendBase
+from .njobs import check_n_jobs, check_prefer_require, normalize_n_jobs
+from .registry import default_backend_name, make_backend
+
+MMAP_MODES = (None, "r+", "r", "w+", "c")
+
+
+class _Default:
+    """Marks a parameter left at its default: the enclosing configuration applies."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"default({self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Default) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(("_Default", repr(self.value)))
+
+
+def default(value: Any) -> Any:
+    """Wrap a default value so a function can tell "not passed" from "passed"."""
+    return _Default(value)
+
+
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "backend": None,
+        "n_jobs": None,
+        "verbose": 0,
+        "temp_folder": None,
+        "max_nbytes": "1M",
+        "mmap_mode": "r",
+        "prefer": None,
+        "require": None,
+        "inner_max_num_threads": None,
+        "progress": None,
+    }
+)
+
+
+@dataclass(frozen=True)
+class ActiveConfig:
+    """The merged configuration in force in this thread; ``explicit`` names the
+    fields some enclosing ``parallel_config`` set."""
+
+    backend: ParallelBackendBase | None
+    n_jobs: int | None
+    verbose: int
+    temp_folder: str | None
+    max_nbytes: int | str | None
+    mmap_mode: str | None
+    prefer: str | None
+    require: str | None
+    inner_max_num_threads: int | None
+    progress: Any
+    explicit: frozenset[str]
+    nested: bool = False
+
+    def is_set(self, name: str) -> bool:
+        return name in self.explicit
+
+
+_local = threading.local()
+
+
+def _stack() -> list[dict[str, Any]]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack  # type: ignore[no-any-return]
+
+
+def get_active_config() -> ActiveConfig:
+    merged: dict[str, Any] = dict(DEFAULTS)
+    explicit: set[str] = set()
+    nested = False
+    for layer in _stack():
+        for key, value in layer.items():
+            if key == "__nested__":
+                nested = True
+                continue
+            merged[key] = value
+            explicit.add(key)
+    return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested)
+
+
+def _check_verbose(verbose: Any) -> int:
+    if isinstance(verbose, bool) or not isinstance(verbose, int):
+        raise TypeError(f"verbose must be an int >= 0, got {type(verbose).__name__} {verbose!r}")
+    if verbose < 0:
+        raise ValueError(f"verbose must be >= 0, got {verbose!r}")
+    return verbose
+
+
+def _check_mmap_mode(mmap_mode: Any) -> str | None:
+    if mmap_mode not in MMAP_MODES:
+        raise ValueError(f"mmap_mode={mmap_mode!r} is not valid: use one of None, 'r+', 'r', 'w+', 'c'.")
+    return mmap_mode  # type: ignore[no-any-return]
+
+
+def _check_temp_folder(temp_folder: Any) -> str | None:
+    import os
+
+    if temp_folder is None:
+        return None
+    if not isinstance(temp_folder, (str, os.PathLike)):
+        raise TypeError(f"temp_folder must be a path (str or os.PathLike) or None, got {type(temp_folder).__name__}")
+    return os.fspath(temp_folder)  # type: ignore[return-value]
+
+
+def parse_nbytes(max_nbytes: Any, name: str = "max_nbytes") -> int | None:
+    """``max_nbytes`` as a number of bytes: an int, a float, or a string such as
+    ``'1M'``, ``'500k'``, ``'2G'`` (powers of 1024); None disables memmapping."""
+    if max_nbytes is None:
+        return None
+    if isinstance(max_nbytes, bool):
+        raise TypeError(f"{name} must be an int, a string like '1M', or None; got {max_nbytes!r}")
+    if isinstance(max_nbytes, (int, float)):
+        if max_nbytes < 0:
+            raise ValueError(f"{name} must be >= 0, got {max_nbytes!r}")
+        return int(max_nbytes)
+    if isinstance(max_nbytes, str):
+        text = max_nbytes.strip().upper().removesuffix("B")
+        units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+        factor = 1
+        if text and text[-1] in units:
+            factor = units[text[-1]]
+            text = text[:-1]
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{name}={max_nbytes!r} is not a size: use bytes as an int, or a string such as "
+                f"'500k', '1M' or '2G', or None to disable memmapping."
+            ) from None
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {max_nbytes!r}")
+        return int(value * factor)
+    raise TypeError(
+        f"{name} must be an int, a string like '1M', or None; got {type(max_nbytes).__name__} {max_nbytes!r}"
+    )
+
+
+def _check_inner_max_num_threads(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"inner_max_num_threads must be a positive int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"inner_max_num_threads must be >= 1, got {value!r}")
+    return value
+
+
+def check_inner_max_num_threads_supported(backend: ParallelBackendBase, value: int | None) -> None:
+    if value is not None and not backend.supports_inner_max_num_threads:
+        raise ValueError(
+            f"inner_max_num_threads={value} is not supported by backend {type(backend).__name__}: "
+            f"it limits native thread pools in worker processes and works with the 'loky' backend "
+            f"(and 'multiprocessing'). Remove it, or choose such a backend."
+        )
+
+
+class parallel_config:
+    """Set the default backend and options of ``Parallel`` for a ``with`` block.
+
+    Usable as a context manager (the usual way) or as a plain call, which sets the
+    configuration of the current thread until ``unregister()`` is called. Only the
+    parameters passed override the enclosing configuration. ``backend`` is a registered
+    name (``backend_params`` go to its constructor) or a ``ParallelBackendBase`` instance.
+    """
+
+    def __init__(
+        self,
+        backend: Any = default(None),
+        *,
+        n_jobs: Any = default(None),
+        verbose: Any = default(0),
+        temp_folder: Any = default(None),
+        max_nbytes: Any = default("1M"),
+        mmap_mode: Any = default("r"),
+        prefer: Any = default(None),
+        require: Any = default(None),
+        inner_max_num_threads: Any = None,
+        progress: Any = default(None),
+        **backend_params: Any,
+    ) -> None:
+        layer: dict[str, Any] = {}
+        given = {
+            "n_jobs": n_jobs,
+            "verbose": verbose,
+            "temp_folder": temp_folder,
+            "max_nbytes": max_nbytes,
+            "mmap_mode": mmap_mode,
+            "prefer": prefer,
+            "require": require,
+            "progress": progress,
+        }
+        for key, value in given.items():
+            if not isinstance(value, _Default):
+                layer[key] = value
+        if "n_jobs" in layer:
+            layer["n_jobs"] = check_n_jobs(layer["n_jobs"])
+        if "verbose" in layer:
+            layer["verbose"] = _check_verbose(layer["verbose"])
+        if "temp_folder" in layer:
+            layer["temp_folder"] = _check_temp_folder(layer["temp_folder"])
+        if "max_nbytes" in layer:
+            parse_nbytes(layer["max_nbytes"])
+        if "mmap_mode" in layer:
+            _check_mmap_mode(layer["mmap_mode"])
+        check_prefer_require(layer.get("prefer"), layer.get("require"))
+        if inner_max_num_threads is not None:
+            layer["inner_max_num_threads"] = _check_inner_max_num_threads(inner_max_num_threads)
+
+        backend_obj = self._resolve_backend(backend, backend_params, inner_max_num_threads)
+        if backend_obj is not None:
+            layer["backend"] = backend_obj
+        self.backend = backend_obj
+        self._layer = layer
+        self._stack = _stack()
+        self._stack.append(layer)
+        self._closed = False
+
+    @staticmethod
+    def _resolve_backend(
+        backend: Any, backend_params: dict[str, Any], inner_max_num_threads: int | None
+    ) -> ParallelBackendBase | None:
+        if isinstance(backend, _Default) or backend is None:
+            if backend_params:
+                raise TypeError(
+                    f"parallel_config got unexpected keyword arguments {sorted(backend_params)}: "
+                    f"extra keyword arguments are backend parameters and need backend=<name>."
+                )
+            return None
+        if isinstance(backend, str):
+            obj = make_backend(backend, **backend_params)
+            check_inner_max_num_threads_supported(obj, inner_max_num_threads)
+            if inner_max_num_threads is not None:
+                obj.inner_max_num_threads = inner_max_num_threads
+            return obj
+        if isinstance(backend, ParallelBackendBase):
+            if backend_params:
+                raise TypeError(
+                    f"parallel_config: backend parameters {sorted(backend_params)} are only accepted "
+                    f"with a backend name; configure the instance {backend!r} directly instead."
+                )
+            check_inner_max_num_threads_supported(backend, inner_max_num_threads)
+            if inner_max_num_threads is not None:
+                backend.inner_max_num_threads = inner_max_num_threads
+            return backend
+        # A multiprocessing context selects the multiprocessing backend with its start method.
+        if hasattr(backend, "get_start_method") and hasattr(backend, "Process"):
+            return make_backend("multiprocessing", context=backend)
+        raise TypeError(
+            f"backend must be a backend name (str), a ParallelBackendBase instance, a "
+            f"multiprocessing context or None; got {type(backend).__name__} {backend!r}"
+        )
+
+    def unregister(self) -> None:
+        """Restore the configuration that was in force before this one."""
+        if self._closed:
+            return
+        self._closed = True
+        stack = self._stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is self._layer:
+                del stack[i]
+                break
+
+    def __enter__(self) -> parallel_config:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unregister()
+
+
+class parallel_backend(parallel_config):
+    """Legacy alias of :class:`parallel_config`: ``parallel_backend(backend, n_jobs=-1,
+    inner_max_num_threads=None, **backend_params)``. By default every CPU is used."""
+
+    def __init__(
+        self,
+        backend: Any,
+        n_jobs: Any = -1,
+        inner_max_num_threads: Any = None,
+        **backend_params: Any,
+    ) -> None:
+        super().__init__(
+            backend=backend, n_jobs=n_jobs, inner_max_num_threads=inner_max_num_threads, **backend_params
+        )
+
+    def __enter__(self) -> Any:  # joblib returns (backend, n_jobs)
+        return self.backend, self._layer.get("n_jobs")
+
+
+class _nested_scope:
+    """Configuration applied by a worker around the tasks of a batch (see BatchedCalls)."""
+
+    def __init__(self, backend: Any, n_jobs: int | None) -> None:
+        layer: dict[str, Any] = {"__nested__": True}
+        if backend is not None:
+            layer["backend"] = make_backend(backend) if isinstance(backend, str) else backend
+        if n_jobs is not None:
+            layer["n_jobs"] = n_jobs
+        self._layer = layer
+
+    def __enter__(self) -> None:
+        _stack().append(self._layer)
+
+    def __exit__(self, *exc: object) -> None:
+        stack = _stack()
+        if stack and stack[-1] is self._layer:
+            stack.pop()
+        else:  # pragma: no cover - unbalanced use
+            try:
+                stack.remove(self._layer)
+            except ValueError:
+                pass
+
+
+def active_backend() -> tuple[ParallelBackendBase, int | None]:
+    """The backend and n_jobs that ``Parallel()`` would use here (instance, n_jobs)."""
+    cfg = get_active_config()
+    backend = cfg.backend if cfg.backend is not None else make_backend(default_backend_name())
+    return backend, cfg.n_jobs
+
+
+def effective_n_jobs(n_jobs: Any = -1) -> int:
+    """The number of workers ``Parallel(n_jobs=n_jobs)`` would use with the active
+    backend (``-1`` is every CPU, ``None`` takes the active configuration's value)."""
+    check_n_jobs(n_jobs)
+    if n_jobs == 1:
+        return 1
+    cfg = get_active_config()
+    if n_jobs is None:
+        n_jobs = cfg.n_jobs
+    try:
+        backend, _ = active_backend()
+    except ValueError:
+        return normalize_n_jobs(n_jobs)
+    return backend.effective_n_jobs(n_jobs)

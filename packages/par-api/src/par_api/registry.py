@@ -1,0 +1,176 @@
+"""The backend registry: names to factories.
+
+Backends come from two places: ``register_parallel_backend`` at run time, and the
+entry-point group ``par.backends`` of installed distributions, read lazily the first
+time a name is not found among the registered ones (so importing par stays cheap and
+installing a backend package is all it takes to use it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import BackendNotAvailableError
+
+if TYPE_CHECKING:
+    from .backend import ParallelBackendBase
+
+ENTRY_POINT_GROUP = "par.backends"
+
+#: Backends of other ecosystems whose par package is known: the error for an unknown
+#: name says which package to install.
+KNOWN_BACKEND_PACKAGES = {
+    "dask": "par-backends-dask",
+    "ray": "a par backend for ray (none is published yet)",
+    "spark": "a par backend for spark (none is published yet)",
+    "loky": "par-backends-local",
+    "threading": "par-backends-local",
+    "multiprocessing": "par-backends-local",
+    "sequential": "par-backends-local",
+}
+
+BackendFactory = Callable[..., "ParallelBackendBase"]
+
+_lock = threading.RLock()
+_registered: dict[str, BackendFactory] = {}
+_from_entry_points: dict[str, BackendFactory] = {}
+_providers: dict[str, str] = {}
+_default_name: str | None = None
+
+
+def register_parallel_backend(name: str, factory: BackendFactory, make_default: bool = False) -> None:
+    """Register a backend factory under ``name``.
+
+    ``factory`` is any callable returning a ``ParallelBackendBase`` instance (usually
+    the class); keyword arguments given to ``parallel_config(backend=name, **params)``
+    are passed to it. ``make_default=True`` makes it the default backend of the process.
+    """
+    global _default_name
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_parallel_backend(name=...): name must be a non-empty str, got {name!r}")
+    if not callable(factory):
+        raise TypeError(
+            f"register_parallel_backend(factory=...): factory must be callable (a backend class or a "
+            f"function returning a ParallelBackendBase instance), got {type(factory).__name__} {factory!r}"
+        )
+    if not isinstance(make_default, bool):
+        raise TypeError(f"register_parallel_backend(make_default=...): expected True or False, got {make_default!r}")
+    with _lock:
+        _registered[name] = factory
+        _providers.setdefault(name, "registered at run time")
+        if make_default:
+            _default_name = name
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _load_entry_point(name: str) -> BackendFactory | None:
+    for ep in _entry_points():
+        if ep.name == name:
+            factory = ep.load()
+            with _lock:
+                _from_entry_points[name] = factory
+                dist = getattr(ep, "dist", None)
+                _providers[name] = f"{dist.name} {dist.version}" if dist is not None else ep.value
+            return factory  # type: ignore[no-any-return]
+    return None
+
+
+def available_backends() -> list[str]:
+    """Names of every backend that can be used: registered ones and installed entry points."""
+    with _lock:
+        names = set(_registered) | set(_from_entry_points)
+    names.update(ep.name for ep in _entry_points())
+    return sorted(names)
+
+
+def backend_providers() -> dict[str, str]:
+    """For each available backend, the distribution (and version) that provides it."""
+    for ep in _entry_points():
+        dist = getattr(ep, "dist", None)
+        if ep.name not in _providers:
+            _providers[ep.name] = f"{dist.name} {dist.version}" if dist is not None else ep.value
+    return {name: _providers.get(name, "?") for name in available_backends()}
+
+
+def get_backend_factory(name: str) -> BackendFactory:
+    """The factory for ``name``; ``ValueError`` naming the available names when unknown."""
+    with _lock:
+        factory = _registered.get(name) or _from_entry_points.get(name)
+    if factory is None and isinstance(name, str):
+        factory = _load_entry_point(name)
+    if factory is None:
+        hint = ""
+        if name in KNOWN_BACKEND_PACKAGES:
+            hint = f" The {name!r} backend is provided by {KNOWN_BACKEND_PACKAGES[name]}: install it."
+        raise BackendNotAvailableError(
+            f"backend={name!r} is not available. Available backends: "
+            f"{', '.join(available_backends()) or '(none installed)'}.{hint} "
+            f"Custom backends are registered with register_parallel_backend(name, factory) or "
+            f"through the {ENTRY_POINT_GROUP!r} entry-point group."
+        )
+    return factory
+
+
+def make_backend(name: str, **params: Any) -> ParallelBackendBase:
+    """Build a backend instance from its registered name and constructor parameters."""
+    from .backend import ParallelBackendBase
+
+    factory = get_backend_factory(name)
+    try:
+        backend = factory(**params)
+    except TypeError as exc:
+        if params:
+            raise TypeError(
+                f"backend {name!r} does not accept the parameters {sorted(params)}: {exc}"
+            ) from exc
+        raise
+    if not isinstance(backend, ParallelBackendBase):
+        raise TypeError(
+            f"the factory registered for backend {name!r} returned {type(backend).__name__}, "
+            f"not a ParallelBackendBase instance"
+        )
+    return backend
+
+
+def multiprocessing_available() -> bool:
+    """Whether process-based backends can work here.
+
+    False when ``PAR_MULTIPROCESSING`` is ``0``/``false``/``no`` (to simulate or force
+    it), or when the interpreter has no working ``_multiprocessing`` (e.g. Pyodide).
+    """
+    if os.environ.get("PAR_MULTIPROCESSING", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        import _multiprocessing  # noqa: F401
+        import multiprocessing.synchronize  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_backend_name() -> str:
+    """The backend used when nothing else is chosen.
+
+    ``register_parallel_backend(..., make_default=True)`` wins, then the ``PAR_BACKEND``
+    environment variable (an operator's switch, e.g. ``PAR_BACKEND=dask``), then
+    ``'loky'`` where multiprocessing works, else ``'threading'``.
+    """
+    if _default_name is not None:
+        return _default_name
+    env = os.environ.get("PAR_BACKEND", "").strip()
+    if env:
+        return env
+    return "loky" if multiprocessing_available() else "threading"
+
+
+def _reset_for_tests() -> None:
+    global _default_name
+    with _lock:
+        _default_name = None
