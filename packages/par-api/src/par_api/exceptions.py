@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from concurrent.futures.process import BrokenProcessPool
+try:
+    from concurrent.futures.process import BrokenProcessPool
+except ImportError:  # no working _multiprocessing (e.g. Pyodide): par_api must still import
+
+    from concurrent.futures import BrokenExecutor
+
+    class BrokenProcessPool(BrokenExecutor):  # type: ignore[no-redef]
+        """Stand-in for ``concurrent.futures.process.BrokenProcessPool`` where
+        multiprocessing cannot be imported (no process pool can break there)."""
 
 
 class WorkerDiedError(BrokenProcessPool):

@@ -1,0 +1,270 @@
+"""``Parallel``: the composition root.
+
+Reads the parameters (falling back on the active ``parallel_config`` for those not
+given), picks the backend, builds the transport hooks for process backends
+(memmapping reducers from ``par_memmap`` + a per-call ``par_serialization``
+serializer + thread limits from ``par_threadlimits``) and hands the iterable to
+``par_scheduler.run``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import par_memmap
+import par_scheduler
+import par_serialization
+import par_threadlimits
+from par_api import (
+    ParallelBackendBase,
+    Task,
+    TransportHooks,
+    check_inner_max_num_threads_supported,
+    check_n_jobs,
+    check_prefer_require,
+    default,
+    default_backend_name,
+    get_active_config,
+    make_backend,
+    parse_nbytes,
+)
+from par_api.config import _Default
+
+from .progress import make_progress_listener
+
+RETURN_AS = ("list", "generator", "generator_unordered")
+MMAP_MODES = (None, "r+", "r", "w+", "c")
+
+
+def _pick(value: Any, name: str, cfg: Any) -> Any:
+    """The value passed, else the active configuration's (set or documented default)."""
+    if isinstance(value, _Default):
+        return getattr(cfg, name)
+    return value
+
+
+class Parallel:
+    """Helper class for readable parallel mapping: ``Parallel(n_jobs=2)(delayed(f)(x) for x in xs)``.
+
+    Parameters are those of joblib's ``Parallel`` (see the spec): ``n_jobs``, ``backend``
+    (a name, a ``ParallelBackendBase`` instance or a multiprocessing context),
+    ``return_as`` ('list', 'generator', 'generator_unordered'), ``verbose``, ``timeout``
+    (seconds per task; the built-in ``TimeoutError`` is raised), ``pre_dispatch``,
+    ``batch_size``, ``temp_folder``, ``max_nbytes``, ``mmap_mode``, ``prefer``,
+    ``require``; par adds ``progress`` (True, a tqdm-like object, or a callable receiving
+    progress events). Extra keyword arguments go to the backend's ``configure`` (e.g.
+    ``initializer=``/``initargs=`` for process backends). Parameters left at their
+    default take the value of an enclosing ``parallel_config``.
+
+    Used as a context manager, one pool (and one temp folder) serves every call of
+    the block.
+    """
+
+    def __init__(
+        self,
+        n_jobs: Any = default(None),
+        backend: Any = default(None),
+        return_as: str = "list",
+        verbose: Any = default(0),
+        timeout: float | None = None,
+        pre_dispatch: int | str = "2 * n_jobs",
+        batch_size: int | str = "auto",
+        temp_folder: Any = default(None),
+        max_nbytes: Any = default("1M"),
+        mmap_mode: Any = default("r"),
+        prefer: Any = default(None),
+        require: Any = default(None),
+        progress: Any = default(None),
+        **backend_kwargs: Any,
+    ) -> None:
+        cfg = get_active_config()
+        self.verbose: int = _pick(verbose, "verbose", cfg)
+        if isinstance(self.verbose, bool) or not isinstance(self.verbose, int) or self.verbose < 0:
+            raise ValueError(f"verbose must be an int >= 0, got {self.verbose!r}")
+        self.timeout = par_scheduler.check_timeout(timeout)
+        self.return_as = par_scheduler.check_return_as(return_as)
+        self.batch_size = par_scheduler.check_batch_size(batch_size)
+        self.temp_folder = _pick(temp_folder, "temp_folder", cfg)
+        self.max_nbytes = _pick(max_nbytes, "max_nbytes", cfg)
+        parse_nbytes(self.max_nbytes)
+        self.mmap_mode = _pick(mmap_mode, "mmap_mode", cfg)
+        if self.mmap_mode not in MMAP_MODES:
+            raise ValueError(f"mmap_mode={self.mmap_mode!r} is not valid: use one of None, 'r+', 'r', 'w+', 'c'.")
+        self.prefer, self.require = check_prefer_require(
+            _pick(prefer, "prefer", cfg), _pick(require, "require", cfg)
+        )
+        self.progress = _pick(progress, "progress", cfg)
+        self._backend_kwargs = backend_kwargs
+
+        explicit_n_jobs = not isinstance(n_jobs, _Default)
+        self.n_jobs = check_n_jobs(n_jobs if explicit_n_jobs else cfg.n_jobs)
+        self._backend, self._inner_max_num_threads = self._resolve_backend(backend, cfg)
+        # Inside a worker, a Parallel that did not choose its backend gets the nested one,
+        # capped to the worker's share of the CPUs so outer x inner stays within cpu_count.
+        self._nested_cap: int | None = cfg.n_jobs if cfg.nested and isinstance(backend, _Default) else None
+        self.pre_dispatch = pre_dispatch
+        par_scheduler.parse_pre_dispatch(pre_dispatch, 1)  # validate now: never evaluated as code
+
+        self._lock = threading.Lock()
+        self._running = False
+        self._managed = False
+        self._call_backend: ParallelBackendBase | None = None
+        self._effective_n_jobs: int | None = None
+        self._temp: Any = None
+        self._serializer: Any = None
+
+    # -- backend choice -------------------------------------------------------------
+    def _resolve_backend(self, backend: Any, cfg: Any) -> tuple[ParallelBackendBase, int | None]:
+        inner = cfg.inner_max_num_threads
+        if not isinstance(backend, _Default) and backend is not None:
+            if isinstance(backend, str):
+                obj = make_backend(backend)
+            elif isinstance(backend, ParallelBackendBase):
+                obj = backend
+            elif hasattr(backend, "get_start_method") and hasattr(backend, "Process"):
+                obj = make_backend("multiprocessing", context=backend)
+            else:
+                raise TypeError(
+                    f"backend must be a backend name (str), a ParallelBackendBase instance, a "
+                    f"multiprocessing context or None; got {type(backend).__name__} {backend!r}"
+                )
+            if self.require == "sharedmem" and not obj.supports_sharedmem:
+                raise ValueError(
+                    f"Backend {backend!r} does not support shared memory, but require='sharedmem' was "
+                    f"given: use a thread-based backend (backend='threading') or drop require."
+                )
+            if inner is not None and obj.supports_inner_max_num_threads:
+                obj.inner_max_num_threads = obj.inner_max_num_threads or inner
+            return obj, obj.inner_max_num_threads
+        if cfg.backend is not None:
+            obj = cfg.backend
+            if self.require == "sharedmem" and not obj.supports_sharedmem:
+                # The hard constraint wins over the configured backend; n_jobs is kept.
+                if self.verbose >= 10:
+                    print(
+                        f"Using ThreadingBackend as backend instead of {type(obj).__name__} as the latter "
+                        f"does not provide shared memory semantics."
+                    )
+                return make_backend("threading"), None
+            return obj, obj.inner_max_num_threads
+        name = default_backend_name()
+        if self.prefer == "threads" or self.require == "sharedmem":
+            name = "threading"
+        obj = make_backend(name)
+        if inner is not None:
+            check_inner_max_num_threads_supported(obj, inner)
+            obj.inner_max_num_threads = inner
+        return obj, obj.inner_max_num_threads
+
+    # -- life cycle -----------------------------------------------------------------
+    def _configure(self) -> tuple[ParallelBackendBase, int]:
+        backend = self._backend
+        n_jobs = backend.effective_n_jobs(self.n_jobs)
+        if self._nested_cap is not None:
+            n_jobs = max(min(n_jobs, self._nested_cap), 1)
+        if n_jobs == 1 and (backend.uses_threads or backend.supports_transport_hooks):
+            backend = make_backend("sequential")
+        hooks = None
+        if backend.supports_transport_hooks:
+            if self._temp is None:
+                self._temp = par_memmap.TempFolderManager(self.temp_folder, verbose=self.verbose)
+            reducers = par_memmap.make_reducers(self._temp, self.max_nbytes, self.mmap_mode)
+            self._serializer = par_serialization.BatchSerializer(reducers)
+            budget = par_threadlimits.thread_budget(n_jobs, self._inner_max_num_threads)
+            hooks = TransportHooks(
+                serialize_batch=self._serializer,
+                env=par_threadlimits.worker_env(n_jobs, self._inner_max_num_threads),
+                initializer=par_threadlimits.worker_initializer,
+                initargs=(budget,),
+            )
+        n = backend.configure(
+            n_jobs=n_jobs,
+            parallel=self,
+            prefer=self.prefer,
+            require=self.require,
+            hooks=hooks,
+            **self._backend_kwargs,
+        )
+        self._call_backend = backend
+        self._effective_n_jobs = n
+        return backend, n
+
+    def _release(self) -> None:
+        backend, self._call_backend = self._call_backend, None
+        serializer, self._serializer = self._serializer, None
+        temp, self._temp = self._temp, None
+        try:
+            if backend is not None:
+                backend.terminate()
+        finally:
+            if serializer is not None:
+                serializer.close()
+            if temp is not None:
+                temp.cleanup()
+
+    def __enter__(self) -> Parallel:
+        self._configure()
+        self._managed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._managed = False
+        self._release()
+
+    # -- the call ---------------------------------------------------------------------
+    def __call__(self, iterable: Iterable[Task]) -> list[Any] | Iterator[Any]:
+        with self._lock:
+            if self._running:
+                raise RuntimeError(
+                    "This Parallel instance is already running a call (a generator result not yet "
+                    "exhausted?). Consume or close it first, or use another Parallel instance."
+                )
+            self._running = True
+        try:
+            if self._managed and self._call_backend is not None:
+                backend, n_jobs = self._call_backend, self._effective_n_jobs or 1
+            else:
+                backend, n_jobs = self._configure()
+            listeners: list[Callable[[Any], None]] = []
+            if self.verbose:
+                listeners.append(par_scheduler.VerbosePrinter(self.verbose, n_jobs, name=type(self).__name__))
+            progress_listener = make_progress_listener(self.progress)
+            if progress_listener is not None:
+                listeners.append(progress_listener)
+            limits = par_threadlimits.parent_limits(
+                self._inner_max_num_threads if backend.uses_threads else None
+            )
+            limits.__enter__()
+        except BaseException:
+            self._running = False
+            if not self._managed:
+                self._release()
+            raise
+
+        def on_finish(error: BaseException | None) -> None:
+            try:
+                limits.__exit__(None, None, None)
+                if progress_listener is not None and hasattr(progress_listener, "close"):
+                    progress_listener.close()
+                if not self._managed:
+                    self._release()
+            finally:
+                self._running = False
+
+        return par_scheduler.run(
+            backend,
+            iterable,
+            n_jobs=n_jobs,
+            batch_size=self.batch_size,
+            pre_dispatch=self.pre_dispatch,
+            return_as=self.return_as,
+            timeout=self.timeout,
+            listeners=listeners,
+            ensure_ready=self._managed,
+            on_finish=on_finish,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_jobs={self.n_jobs})"
