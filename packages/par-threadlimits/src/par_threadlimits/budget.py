@@ -2,7 +2,7 @@
 
 A par call with ``n_jobs`` workers on a host with ``cpu_count()`` CPUs gives each worker
 a *budget* of native threads (OpenMP, BLAS, numexpr): ``max(cpu_count() // n_jobs, 1)``,
-or ``inner_max_num_threads`` when the user sets it, so that workers × threads stays
+or ``inner_max_num_threads`` when the user sets it, so that workers x threads stays
 within the CPU count.
 
 Process workers receive the budget through environment variables set before they
@@ -11,7 +11,7 @@ variable the user set in the parent's environment is never overridden. Two more
 variables travel with them:
 
 - ``PAR_THREAD_BUDGET``: the budget, read by :func:`nested_budget` to size a
-  ``Parallel`` call made inside the worker (so outer × inner workers <= CPUs);
+  ``Parallel`` call made inside the worker (so outer x inner workers <= CPUs);
 - ``PAR_THREAD_LIMITED_VARS``: the comma-separated names par set itself, so that a
   nested call in the worker can tell par's values (which it replaces with the smaller
   nested budget) from the user's (which it keeps).
@@ -81,10 +81,11 @@ def thread_budget(n_jobs: int, inner_max_num_threads: int | None = None, n_cpus:
     """The number of native threads each of ``n_jobs`` workers may use.
 
     ``inner_max_num_threads`` when given (the user's explicit choice, even above the CPU
-    count), else ``max(n_cpus // n_jobs, 1)`` with ``n_cpus`` defaulting to
-    ``par_api.cpu_count()`` (CPU affinity and cgroup quotas honoured). A negative
-    ``n_jobs`` counts back from ``n_cpus`` (-1: every CPU). For a ``Parallel`` call made
-    inside a worker, pass ``n_cpus=nested_budget()``.
+    count), else ``max(n_cpus // n_jobs, 1)``. ``n_cpus`` defaults to
+    :func:`nested_budget`: ``par_api.cpu_count()`` (CPU affinity and cgroup quotas
+    honoured), or, inside a par worker process, the budget that worker was given, so that
+    a nested call's workers share their parent worker's threads (outer x inner x threads
+    <= CPUs). A negative ``n_jobs`` counts back from ``n_cpus`` (-1: every CPU).
 
     Raises ``TypeError``/``ValueError`` naming the parameter for a non-int or
     non-positive ``inner_max_num_threads`` or ``n_cpus``, and for ``n_jobs`` 0 or non-int.
@@ -92,7 +93,7 @@ def thread_budget(n_jobs: int, inner_max_num_threads: int | None = None, n_cpus:
     inner = _check_positive_int(inner_max_num_threads, "inner_max_num_threads")
     cpus = _check_positive_int(n_cpus, "n_cpus")
     if cpus is None:
-        cpus = cpu_count()
+        cpus = nested_budget()
     workers = _check_n_jobs(n_jobs, cpus)
     if inner is not None:
         return inner
@@ -117,15 +118,21 @@ def user_set_vars(environ: Mapping[str, str] | None = None) -> frozenset[str]:
 
 
 def worker_env(
-    n_jobs: int, inner_max_num_threads: int | None = None, environ: Mapping[str, str] | None = None
+    n_jobs: int,
+    inner_max_num_threads: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    n_cpus: int | None = None,
 ) -> dict[str, str]:
     """The environment variables to set in process workers before they start.
 
     Each of :data:`THREAD_LIMIT_VARS` is set to ``str(thread_budget(n_jobs,
-    inner_max_num_threads))``, except those the user set in ``environ`` (default
+    inner_max_num_threads, n_cpus))``, except those the user set in ``environ`` (default
     ``os.environ``): those are left out, so the worker inherits the user's value.
     ``PAR_THREAD_BUDGET`` (the budget, for :func:`nested_budget`) and
-    ``PAR_THREAD_LIMITED_VARS`` (the names set here) are always included.
+    ``PAR_THREAD_LIMITED_VARS`` (the names set here) are always included. Without
+    ``n_cpus``, the CPUs shared out are ``PAR_THREAD_BUDGET`` of ``environ`` (a nested call
+    in a worker), else ``par_api.cpu_count()``.
 
     Inside a worker, the variables par set for the outer call are not the user's: a
     nested call replaces them with its own (smaller) budget. ``environ`` is not modified.
@@ -133,7 +140,9 @@ def worker_env(
     the environment (``TransportHooks.worker_key``) restarts them when the limit changes.
     """
     env = os.environ if environ is None else environ
-    budget = thread_budget(n_jobs, inner_max_num_threads)
+    if n_cpus is None and inner_max_num_threads is None:
+        n_cpus = _budget_in(env) or cpu_count()
+    budget = thread_budget(n_jobs, inner_max_num_threads, n_cpus)
     users = user_set_vars(env)
     ours = [name for name in THREAD_LIMIT_VARS if name not in users]
     result = {name: str(budget) for name in ours}
@@ -142,28 +151,33 @@ def worker_env(
     return result
 
 
+def _budget_in(environ: Mapping[str, str]) -> int | None:
+    """``PAR_THREAD_BUDGET`` of ``environ`` if it is a positive integer, else None."""
+    raw = environ.get(BUDGET_VAR, "").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
 def nested_budget(default_cpus: int | None = None) -> int:
     """The CPUs available to a ``Parallel`` call made from this process.
 
     Inside a par worker process: the thread budget the worker was given
-    (``PAR_THREAD_BUDGET``), so that a nested call sized on it keeps outer × inner
+    (``PAR_THREAD_BUDGET``), so that a nested call sized on it keeps outer x inner
     workers within the CPU count. Elsewhere (or when the variable is not a positive
     integer): ``default_cpus`` if given, else ``par_api.cpu_count()``.
 
-    ``par`` uses it in place of ``cpu_count()`` for a nested call: ``n_jobs=-1`` means
-    ``nested_budget()`` workers, and their own budget is
-    ``thread_budget(n_jobs, n_cpus=nested_budget())``. Thread workers share the
+    ``par`` should use it in place of ``cpu_count()`` to size a nested call (``n_jobs=-1``
+    means ``nested_budget()`` workers); :func:`thread_budget` and :func:`worker_env`
+    already default to it for the nested workers' own budget. Thread workers share the
     process's environment, so inside a thread-backend task this is the process's value.
     """
     default = _check_positive_int(default_cpus, "default_cpus")
-    raw = os.environ.get(BUDGET_VAR, "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value >= 1:
-            return value
+    budget = _budget_in(os.environ)
+    if budget is not None:
+        return budget
     return default if default is not None else cpu_count()
 
 
