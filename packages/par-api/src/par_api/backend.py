@@ -21,6 +21,7 @@ a subclass whose ``__init__`` does not call ``super().__init__()`` still works.
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -126,6 +127,10 @@ class ParallelBackendBase(ABC):
         """
         self.parallel = parallel
         self.hooks = backend_kwargs.get("hooks")
+        # Remembered so that abort_everything(ensure_ready=True) can configure again.
+        self._last_configure = dict(
+            n_jobs=n_jobs, parallel=parallel, prefer=prefer, require=require, **backend_kwargs
+        )
         return self.effective_n_jobs(n_jobs)
 
     # -- running ------------------------------------------------------------------
@@ -160,20 +165,20 @@ class ParallelBackendBase(ABC):
         return out.get(timeout=timeout)
 
     # -- call life cycle ----------------------------------------------------------
-    def start_call(self) -> None:
+    def start_call(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Called before the first batch of a call is submitted."""
 
-    def stop_call(self) -> None:
+    def stop_call(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Called after the last result of a call was retrieved (or the call failed)."""
 
-    def terminate(self) -> None:
+    def terminate(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release the workers (end of a call, or of a ``with Parallel`` block)."""
 
     def compute_batch_size(self) -> int:
         """Tasks per batch when the scheduler does not size batches itself."""
         return 1
 
-    def batch_completed(self, batch_size: int, duration: float) -> None:
+    def batch_completed(self, batch_size: int, duration: float) -> None:  # noqa: B027 - an optional hook, not abstract
         """Told after each batch: its size and how long it took (seconds)."""
 
     def get_exceptions(self) -> list[type[BaseException]]:
@@ -184,7 +189,9 @@ class ParallelBackendBase(ABC):
         """Stop every running and pending task (first error, timeout, Ctrl-C).
 
         With ``ensure_ready``, the backend must be usable again afterwards (the next
-        call in a ``with Parallel(...)`` block works).
+        call in a ``with Parallel(...)`` block works). The default terminates, then calls
+        ``configure`` again with the arguments of the last ``ParallelBackendBase.configure``
+        (a subclass that overrides ``configure`` without calling it is only terminated).
         """
         self.terminate()
         if ensure_ready:
@@ -196,6 +203,11 @@ class ParallelBackendBase(ABC):
         """The backend (instance or name) and n_jobs for a ``Parallel`` running inside a
         task of this backend. Default: sequential, so nested calls never over-subscribe."""
         return "sequential", 1
+
+    def in_main_thread(self) -> bool:
+        """Whether the caller runs in the main thread (joblib's helper, e.g. for backends
+        that install signal handlers)."""
+        return threading.current_thread() is threading.main_thread()
 
     @contextlib.contextmanager
     def retrieval_context(self) -> Iterator[None]:

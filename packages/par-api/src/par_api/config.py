@@ -44,6 +44,11 @@ def default(value: Any) -> Any:
     return _Default(value)
 
 
+def is_default(value: Any) -> bool:
+    """Whether ``value`` is a ``default(...)`` marker (a parameter left unset)."""
+    return isinstance(value, _Default)
+
+
 DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "backend": None,
@@ -89,7 +94,7 @@ def _stack() -> list[dict[str, Any]]:
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
-    return stack  # type: ignore[no-any-return]
+    return stack
 
 
 def get_active_config() -> ActiveConfig:
@@ -126,8 +131,10 @@ def _check_temp_folder(temp_folder: Any) -> str | None:
     if temp_folder is None:
         return None
     if not isinstance(temp_folder, (str, os.PathLike)):
-        raise TypeError(f"temp_folder must be a path (str or os.PathLike) or None, got {type(temp_folder).__name__}")
-    return os.fspath(temp_folder)  # type: ignore[return-value]
+        raise TypeError(
+            f"temp_folder must be a path (str or os.PathLike) or None, got {type(temp_folder).__name__}"
+        )
+    return os.fspath(temp_folder)
 
 
 def parse_nbytes(max_nbytes: Any, name: str = "max_nbytes") -> int | None:
@@ -355,7 +362,7 @@ def active_backend() -> tuple[ParallelBackendBase, int | None]:
 def effective_n_jobs(n_jobs: Any = -1) -> int:
     """The number of workers ``Parallel(n_jobs=n_jobs)`` would use with the active
     backend (``-1`` is every CPU, ``None`` takes the active configuration's value)."""
-    check_n_jobs(n_jobs)
+    n_jobs = check_n_jobs(n_jobs)
     if n_jobs == 1:
         return 1
     cfg = get_active_config()

@@ -26,57 +26,83 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _cgroup_v2_path(root: Path) -> Path | None:
-    """The cgroup v2 directory of this process (from /proc/self/cgroup), if any."""
+def _cgroup_v2_dirs(root: Path) -> list[Path]:
+    """The cgroup v2 directories whose ``cpu.max`` limits this process: its own cgroup
+    (from ``/proc/self/cgroup``) and each ancestor up to the mount point, leaf first.
+    The mount point itself is always considered (a container sees its own cgroup there)."""
+    base = root / "sys/fs/cgroup"
+    candidates: list[Path] = []
     content = _read(root / "proc/self/cgroup")
-    if content is None:
+    if content is not None:
+        for line in content.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3 and parts[0] == "0" and parts[1] == "":
+                segments = [seg for seg in parts[2].strip().split("/") if seg]
+                if ".." not in segments:
+                    for i in range(len(segments), 0, -1):
+                        candidates.append(base.joinpath(*segments[:i]))
+                break
+    candidates.append(base)
+    return [folder for folder in candidates if (folder / "cpu.max").exists()]
+
+
+def _parse_cpu_max(content: str | None) -> float | None:
+    """``cpu.max`` (``"<quota> <period>"`` or ``"max <period>"``) as CPUs, None if unlimited."""
+    if not content:
         return None
-    for line in content.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3 and parts[0] == "0" and parts[1] == "":
-            rel = parts[2].lstrip("/")
-            candidate = root / "sys/fs/cgroup" / rel
-            if (candidate / "cpu.max").exists():
-                return candidate
-    if (root / "sys/fs/cgroup/cpu.max").exists():
-        return root / "sys/fs/cgroup"
+    fields = content.split()
+    if fields[0] == "max":
+        return None
+    try:
+        quota = int(fields[0])
+        period = int(fields[1]) if len(fields) > 1 else 100_000
+    except ValueError:
+        return None
+    if quota > 0 and period > 0:
+        return quota / period
     return None
 
 
 def cgroup_cpu_limit(root: Path | str = _ROOT) -> float | None:
-    """The CPU quota of this process's cgroup as a number of CPUs, or None when unlimited."""
+    """The CPU quota of this process's cgroup as a number of CPUs, or None when unlimited.
+
+    cgroup v2: the smallest ``cpu.max`` of the process's cgroup and its ancestors.
+    cgroup v1 (read only when no v2 ``cpu.max`` exists): ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``. Unreadable or malformed files count as "no limit".
+    """
     root = Path(root)
-    v2 = _cgroup_v2_path(root)
-    if v2 is not None:
-        content = _read(v2 / "cpu.max")
-        if content:
-            fields = content.split()
-            if fields[0] != "max" and len(fields) >= 1:
-                quota = int(fields[0])
-                period = int(fields[1]) if len(fields) > 1 else 100_000
-                if quota > 0 and period > 0:
-                    return quota / period
-        return None
+    v2_dirs = _cgroup_v2_dirs(root)
+    if v2_dirs:
+        limits = [limit for d in v2_dirs if (limit := _parse_cpu_max(_read(d / "cpu.max"))) is not None]
+        return min(limits) if limits else None
     for folder in ("sys/fs/cgroup/cpu", "sys/fs/cgroup/cpu,cpuacct", "sys/fs/cgroup/cpuacct,cpu"):
         quota_s = _read(root / folder / "cpu.cfs_quota_us")
         period_s = _read(root / folder / "cpu.cfs_period_us")
         if quota_s is not None and period_s is not None:
-            quota, period = int(quota_s), int(period_s)
+            try:
+                quota, period = int(quota_s), int(period_s)
+            except ValueError:
+                return None
             if quota > 0 and period > 0:
                 return quota / period
             return None
     return None
 
 
-def affinity_cpu_count() -> int | None:
-    """The number of CPUs in this process's affinity mask, where the OS tells it."""
+def _affinity() -> set[int] | None:
     getaffinity = getattr(os, "sched_getaffinity", None)
     if getaffinity is None:
         return None
     try:
-        return len(getaffinity(0))
-    except OSError:  # pragma: no cover
+        return set(getaffinity(0))
+    except OSError:
         return None
+
+
+def affinity_cpu_count() -> int | None:
+    """The number of CPUs in this process's affinity mask, where the OS tells it."""
+    cpus = _affinity()
+    return len(cpus) if cpus else None
 
 
 def physical_core_count(root: Path | str = _ROOT, cpus: set[int] | None = None) -> int | None:
@@ -117,17 +143,22 @@ def cpu_count(only_physical_cores: bool = False) -> int:
     return _cpu_count(_ROOT, only_physical_cores)
 
 
-def _cpu_count(root: Path, only_physical_cores: bool) -> int:
+def _cpu_count(root: Path | str, only_physical_cores: bool) -> int:
+    """``cpu_count`` with the file-system root as a parameter (tests use a fake tree).
+
+    The affinity mask is always the real one (``os.sched_getaffinity``): it is a
+    property of the process, not of the file system.
+    """
+    root = Path(root)
     counts = [os.cpu_count() or 1]
-    affinity = affinity_cpu_count() if root == _ROOT else None
-    if affinity:
-        counts.append(affinity)
+    cpus = _affinity()
+    if cpus:
+        counts.append(len(cpus))
     quota = cgroup_cpu_limit(root)
     if quota is not None:
-        counts.append(max(int(math.floor(quota)), 1))
+        counts.append(max(math.floor(quota), 1))
     if only_physical_cores:
-        cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") and root == _ROOT else None
-        physical = physical_core_count(root, cpus)
+        physical = physical_core_count(root, cpus or None)
         if physical:
             counts.append(physical)
     return max(min(counts), 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 try:
     from concurrent.futures.process import BrokenProcessPool
 except ImportError:  # no working _multiprocessing (e.g. Pyodide): par_api must still import
-
     from concurrent.futures import BrokenExecutor
 
     class BrokenProcessPool(BrokenExecutor):  # type: ignore[no-redef]

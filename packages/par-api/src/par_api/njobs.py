@@ -11,10 +11,11 @@ REQUIRE_VALUES = ("sharedmem", None)
 
 
 def check_n_jobs(n_jobs: Any, name: str = "n_jobs") -> int | None:
-    """Validate ``n_jobs`` and return it as an int (floats truncated), or None.
+    """Validate ``n_jobs`` and return it as an int (floats rounded down), or None.
 
-    Raises ``TypeError`` for a non-number (bools included) and ``ValueError`` for 0, for
-    a float that truncates to 0, and for NaN or infinity; both name the parameter.
+    Floats are rounded down (``math.floor``: ``2.7`` -> 2, ``-1.5`` -> -2), as the spec
+    says. Raises ``TypeError`` for a non-number (bools included) and ``ValueError`` for
+    0, for a float that rounds down to 0, and for NaN or infinity; both name the parameter.
     """
     if n_jobs is None:
         return None
@@ -23,9 +24,13 @@ def check_n_jobs(n_jobs: Any, name: str = "n_jobs") -> int | None:
             f"{name} must be an int (or None), got {type(n_jobs).__name__} {n_jobs!r}. "
             f"Use a positive count of workers, -1 for all CPUs, or -2 for all but one."
         )
-    if isinstance(n_jobs, float) and not math.isfinite(n_jobs):
-        raise ValueError(f"{name} must be a finite number, got {n_jobs!r}")
-    value = int(n_jobs)
+    if isinstance(n_jobs, numbers.Integral):
+        value = int(n_jobs)
+    else:
+        as_float = float(n_jobs)
+        if not math.isfinite(as_float):
+            raise ValueError(f"{name} must be a finite number, got {n_jobs!r}")
+        value = math.floor(as_float)
     if value == 0:
         raise ValueError(
             f"{name}={n_jobs!r} is not allowed: use a positive count of workers, "

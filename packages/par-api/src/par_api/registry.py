@@ -58,10 +58,13 @@ def register_parallel_backend(name: str, factory: BackendFactory, make_default: 
             f"function returning a ParallelBackendBase instance), got {type(factory).__name__} {factory!r}"
         )
     if not isinstance(make_default, bool):
-        raise TypeError(f"register_parallel_backend(make_default=...): expected True or False, got {make_default!r}")
+        raise TypeError(
+            f"register_parallel_backend(make_default=...): expected True or False, got {make_default!r}"
+        )
     with _lock:
         _registered[name] = factory
-        _providers.setdefault(name, "registered at run time")
+        # A run-time registration shadows an entry point of the same name: say so.
+        _providers[name] = "registered at run time"
         if make_default:
             _default_name = name
 
@@ -73,7 +76,22 @@ def _entry_points() -> list[metadata.EntryPoint]:
 def _load_entry_point(name: str) -> BackendFactory | None:
     for ep in _entry_points():
         if ep.name == name:
-            factory = ep.load()
+            try:
+                factory = ep.load()
+            except Exception as exc:
+                dist = getattr(ep, "dist", None)
+                where = f"{dist.name} {dist.version}" if dist is not None else ep.value
+                raise BackendNotAvailableError(
+                    f"backend={name!r} is declared by {where} (entry point {ep.value!r} in group "
+                    f"{ENTRY_POINT_GROUP!r}) but could not be loaded: {type(exc).__name__}: {exc}. "
+                    f"Reinstall that package or check its dependencies."
+                ) from exc
+            if not callable(factory):
+                raise BackendNotAvailableError(
+                    f"backend={name!r}: entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r} "
+                    f"resolves to {type(factory).__name__} {factory!r}, which is not callable; it must "
+                    f"name a ParallelBackendBase subclass or a factory function."
+                )
             with _lock:
                 _from_entry_points[name] = factory
                 dist = getattr(ep, "dist", None)
@@ -102,7 +120,9 @@ def backend_providers() -> dict[str, str]:
 def get_backend_factory(name: str) -> BackendFactory:
     """The factory for ``name``; ``ValueError`` naming the available names when unknown."""
     with _lock:
-        factory = _registered.get(name) or _from_entry_points.get(name)
+        factory = _registered.get(name)
+        if factory is None:
+            factory = _from_entry_points.get(name)
     if factory is None and isinstance(name, str):
         factory = _load_entry_point(name)
     if factory is None:
@@ -126,11 +146,11 @@ def make_backend(name: str, **params: Any) -> ParallelBackendBase:
     try:
         backend = factory(**params)
     except TypeError as exc:
-        if params:
-            raise TypeError(
-                f"backend {name!r} does not accept the parameters {sorted(params)}: {exc}"
-            ) from exc
-        raise
+        given = f"with the parameters {sorted(params)}" if params else "without parameters"
+        raise TypeError(
+            f"backend {name!r} could not be built {given}: {exc}. Backend parameters are passed "
+            f"as parallel_config(backend={name!r}, <param>=<value>, ...)."
+        ) from exc
     if not isinstance(backend, ParallelBackendBase):
         raise TypeError(
             f"the factory registered for backend {name!r} returned {type(backend).__name__}, "

@@ -54,7 +54,7 @@ class BatchedCalls:
     ``index`` is the position of the first task of the batch in the whole call.
     """
 
-    __slots__ = ("tasks", "nested", "index")
+    __slots__ = ("index", "nested", "tasks")
 
     def __init__(
         self,

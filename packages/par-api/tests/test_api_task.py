@@ -1,0 +1,182 @@
+"""``delayed``, ``Task``, ``BatchedCalls`` and ``run_tasks``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import operator
+import pickle
+
+import par_api
+import pytest
+from par_api import BatchedCalls, Task, delayed, run_tasks
+
+
+def add(x: int, y: int = 0) -> int:
+    """Add two numbers."""
+    return x + y
+
+
+def boom(x: int) -> int:
+    raise KeyError(f"boom {x}")
+
+
+def current_config() -> tuple[object, object, bool]:
+    cfg = par_api.get_active_config()
+    return cfg.backend, cfg.n_jobs, cfg.nested
+
+
+class NestedBackend(par_api.ParallelBackendBase):
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        return 1
+
+
+# -- delayed ---------------------------------------------------------------------------
+
+
+def test_delayed_records_func_args_kwargs_and_unpacks_as_a_triple() -> None:
+    task = delayed(add)(1, y=2)
+    assert isinstance(task, Task)
+    func, args, kwargs = task
+    assert func is add
+    assert args == (1,)
+    assert kwargs == {"y": 2}
+    assert task == (add, (1,), {"y": 2})
+    assert (task.func, task.args, task.kwargs) == (add, (1,), {"y": 2})
+    assert task() == 3
+
+
+def test_delayed_without_arguments_records_empty_args_and_kwargs() -> None:
+    assert tuple(delayed(add)()) == (add, (), {})
+
+
+def test_each_delayed_call_gets_its_own_kwargs() -> None:
+    make = delayed(add)
+    first, second = make(1, y=1), make(2, y=5)
+    assert first.kwargs == {"y": 1} and second.kwargs == {"y": 5}
+    assert first.kwargs is not second.kwargs
+
+
+def test_delayed_does_not_call_the_function() -> None:
+    calls: list[int] = []
+    delayed(calls.append)(1)
+    assert calls == []
+
+
+def test_delayed_keeps_wraps_metadata() -> None:
+    wrapper = delayed(add)
+    assert wrapper.__name__ == "add"
+    assert wrapper.__qualname__ == "add"
+    assert wrapper.__doc__ == "Add two numbers."
+    assert wrapper.__module__ == add.__module__
+    assert wrapper.__wrapped__ is add  # type: ignore[attr-defined]
+    assert inspect.signature(wrapper) == inspect.signature(add)
+
+
+def test_delayed_works_as_a_decorator() -> None:
+    @delayed
+    def square(x: int) -> int:
+        """Square x."""
+        return x * x
+
+    assert square.__name__ == "square"
+    assert square.__doc__ == "Square x."
+    func, args, kwargs = square(4)
+    assert (args, kwargs) == ((4,), {})
+    assert func is square.__wrapped__  # the undecorated function is recorded  # type: ignore[attr-defined]
+    assert func(4) == 16
+
+
+@pytest.mark.parametrize(
+    "callable_",
+    [math.sqrt, operator.neg, functools.partial(add, 10), str.upper, lambda v: v],
+    ids=["builtin", "operator", "partial", "method-descriptor", "lambda"],
+)
+def test_delayed_accepts_any_callable(callable_: object) -> None:
+    task = delayed(callable_)(4 if callable_ is not str.upper else "a")  # type: ignore[arg-type]
+    assert task.func is callable_
+    assert task() == callable_(*task.args)  # type: ignore[operator]
+
+
+def test_delayed_accepts_a_callable_instance() -> None:
+    class Scale:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def __call__(self, x: int) -> int:
+            return self.k * x
+
+    scale = Scale(3)
+    assert delayed(scale)(2)() == 6
+
+
+@pytest.mark.parametrize("not_callable", [3, "add", None, [add]])
+def test_delayed_of_a_non_callable_is_a_type_error_naming_function(not_callable: object) -> None:
+    with pytest.raises(TypeError, match=r"delayed\(function\): function must be callable"):
+        delayed(not_callable)  # type: ignore[arg-type]
+
+
+def test_task_pickles_round_trip() -> None:
+    task = delayed(add)(1, y=2)
+    clone = pickle.loads(pickle.dumps(task))
+    assert clone == task
+    assert isinstance(clone, Task)
+    assert clone() == 3
+
+
+# -- BatchedCalls / run_tasks -------------------------------------------------------------
+
+
+def test_batched_calls_runs_its_tasks_in_order() -> None:
+    batch = BatchedCalls([delayed(add)(i, y=10) for i in range(4)], index=8)
+    assert len(batch) == 4
+    assert [t.args for t in batch] == [(0,), (1,), (2,), (3,)]
+    assert batch() == [10, 11, 12, 13]
+    assert batch.index == 8
+    assert batch.nested is None
+    assert repr(batch) == "BatchedCalls(<4 tasks from index 8>)"
+
+
+def test_batched_calls_propagates_a_task_error() -> None:
+    batch = BatchedCalls([delayed(add)(1), delayed(boom)(2)])
+    with pytest.raises(KeyError, match="boom 2"):
+        batch()
+
+
+def test_batched_calls_applies_the_nested_configuration_around_its_tasks() -> None:
+    inner = NestedBackend()
+    batch = BatchedCalls([delayed(current_config)(), delayed(current_config)()], nested=(inner, 2))
+    assert batch() == [(inner, 2, True), (inner, 2, True)]
+    cfg = par_api.get_active_config()
+    assert (cfg.backend, cfg.n_jobs, cfg.nested) == (None, None, False)
+
+
+def test_batched_calls_nested_backend_given_by_name_is_built_from_the_registry() -> None:
+    par_api.register_parallel_backend("nested-test", NestedBackend)
+    ((backend, n_jobs, nested),) = BatchedCalls([delayed(current_config)()], nested=("nested-test", None))()
+    assert isinstance(backend, NestedBackend)
+    assert n_jobs is None  # n_jobs None leaves the enclosing value
+    assert nested is True
+
+
+def test_batched_calls_restores_the_configuration_when_a_task_fails() -> None:
+    batch = BatchedCalls([delayed(boom)(1)], nested=(NestedBackend(), 1))
+    with pytest.raises(KeyError):
+        batch()
+    assert par_api.get_active_config().nested is False
+    assert par_api.get_active_config().explicit == frozenset()
+
+
+def test_batched_calls_pickles_with_its_nested_setting_and_index() -> None:
+    batch = BatchedCalls([delayed(add)(1, y=1)], nested=("sequential", 1), index=5)
+    clone = pickle.loads(pickle.dumps(batch))
+    assert isinstance(clone, BatchedCalls)
+    assert clone.tasks == batch.tasks
+    assert clone.nested == ("sequential", 1)
+    assert clone.index == 5
+
+
+def test_run_tasks_returns_results_in_order() -> None:
+    assert run_tasks(delayed(add)(i, i) for i in range(3)) == [0, 2, 4]
+    assert run_tasks([]) == []
