@@ -1,0 +1,329 @@
+"""``BatchSerializer`` (parent side) and ``SerializedBatch`` (what crosses to a worker)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._errors import ResultPicklingError, TaskPicklingError
+from ._lookup import describe_callable, type_name
+from ._picklers import (
+    AUTO,
+    Reducer,
+    SerializerStats,
+    Strategy,
+    _choice_for,
+    make_exception_picklable,
+    resolve_pickler,
+)
+
+_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("TextIOWrapper", "BufferedReader", "BufferedWriter", "BufferedRandom", "FileIO"),
+        "pass the file's path and open it inside the task",
+    ),
+    (
+        ("lock", "RLock", "Condition", "Semaphore", "Event"),
+        "a lock cannot be shared with another process: use a thread backend (prefer='threads' or "
+        "require='sharedmem') or a multiprocessing.Manager() lock",
+    ),
+    (("generator", "coroutine", "async_generator"), "materialise it first, e.g. list(gen)"),
+    (("socket", "connection", "Connection"), "open the connection inside the task"),
+)
+
+
+def _hint(tp_name: str) -> str:
+    for needles, text in _HINTS:
+        if any(n in tp_name for n in needles):
+            return text
+    return (
+        "process workers receive a pickled copy of every argument: pass picklable data, or use a "
+        "thread backend (prefer='threads' or require='sharedmem')"
+    )
+
+
+def _validate_reducers(reducers: Any, param: str) -> dict[type, Reducer] | None:
+    if reducers is None:
+        return None
+    if not isinstance(reducers, Mapping):
+        raise TypeError(
+            f"{param} must be None or a mapping of type -> reducer function (copyreg style), "
+            f"got {type(reducers).__name__}."
+        )
+    for key, value in reducers.items():
+        if not isinstance(key, type) or not callable(value):
+            raise TypeError(
+                f"{param} must map types to callables (copyreg-style reducers), got the entry "
+                f"{key!r}: {value!r}."
+            )
+    return dict(reducers)
+
+
+def _validate_protocol(protocol: Any) -> int | None:
+    if protocol is None:
+        return None
+    if (
+        not isinstance(protocol, int)
+        or isinstance(protocol, bool)
+        or not 2 <= protocol <= pickle.HIGHEST_PROTOCOL
+    ):
+        raise ValueError(
+            f"protocol must be None or an int from 2 to {pickle.HIGHEST_PROTOCOL}, got {protocol!r}."
+        )
+    return protocol
+
+
+class BatchSerializer:
+    """Pickles batches of tasks for process workers, in the parent, at dispatch.
+
+    One instance serves one ``Parallel`` call (``par`` sets it as
+    ``TransportHooks.serialize_batch``); call ``close()`` at the end of the call.
+
+    Args:
+        reducers: extra copyreg-style reducers (``{type: reducer}``, exact-type lookup like
+            ``pickle``'s ``dispatch_table``) applied to task arguments, e.g. memmapping
+            reducers for numpy arrays.
+        pickler: module whose ``Pickler`` is used ("pickle", "cloudpickle", or any module
+            defining ``Pickler``), or "auto" for par's default. None: the ``LOKY_PICKLER``
+            environment variable if set, else "auto" (plain pickle; cloudpickle only for
+            functions and classes that pickle cannot send by reference).
+        protocol: pickle protocol (2 to ``pickle.HIGHEST_PROTOCOL``); default the highest.
+        result_reducers: reducers applied in the worker when pickling results back.
+
+    Calling it with a batch (``tasks``, ``nested``, ``index`` attributes; rebuilt in the
+    worker as ``type(batch)(tasks, nested, index)``) pickles the batch now and returns a
+    small picklable ``SerializedBatch``. Callables pickled by value are pickled once per
+    instance and the bytes are reused for every later batch.
+
+    Raises (at construction): ``TypeError``/``ValueError`` for bad arguments, naming them;
+        ``ValueError`` naming ``LOKY_PICKLER`` when the module it names has no ``Pickler``.
+    Raises (on call): ``TaskPicklingError`` naming the task, function and argument.
+    """
+
+    def __init__(
+        self,
+        reducers: Mapping[type, Callable[[Any], tuple[Any, ...]]] | None = None,
+        *,
+        pickler: str | None = None,
+        protocol: int | None = None,
+        result_reducers: Mapping[type, Callable[[Any], tuple[Any, ...]]] | None = None,
+    ) -> None:
+        self._reducers = _validate_reducers(reducers, "reducers")
+        self._result_reducers = _validate_reducers(result_reducers, "result_reducers")
+        self._protocol = _validate_protocol(protocol)
+        self._choice = resolve_pickler(pickler)
+        self._token_prefix = os.urandom(8).hex()
+        self._strategy = Strategy(self._choice, self._reducers, self._protocol, self._token_prefix)
+        self._result_spec = (self._choice.name, self._protocol, self._result_reducers)
+        self._lock = threading.Lock()
+        self._batches = 0
+
+    @property
+    def pickler_name(self) -> str:
+        """The pickler in force for this call and where the choice came from."""
+        return self._choice.describe()
+
+    @property
+    def stats(self) -> SerializerStats:
+        """Counters of this call's pickling (see ``SerializerStats``)."""
+        handler = self._strategy.handler
+        return SerializerStats(
+            batches=self._batches,
+            by_value=handler.by_value,
+            cache_hits=handler.hits,
+            fallbacks=self._strategy.fallbacks,
+            cached=len(handler),
+        )
+
+    def __call__(self, batch: Any) -> SerializedBatch:
+        try:
+            tasks = batch.tasks
+        except AttributeError:
+            raise TypeError(
+                "BatchSerializer(batch): batch must be a BatchedCalls-like object with "
+                f"'tasks', 'nested' and 'index' attributes, got {type(batch).__name__}."
+            ) from None
+        nested = getattr(batch, "nested", None)
+        index = getattr(batch, "index", 0) or 0
+        record = (type(batch), tasks, nested, index, self._result_spec)
+        try:
+            payload = self._strategy.dumps(record)
+        except Exception as exc:
+            raise self._diagnose(tasks, nested, index, exc) from exc
+        with self._lock:
+            self._batches += 1
+        return SerializedBatch(payload, len(tasks), index)
+
+    def close(self) -> None:
+        """Drop the cache of pickled callables (end of the call). The instance stays usable."""
+        self._strategy.handler.clear()
+
+    def __enter__(self) -> BatchSerializer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- error path only: find what failed
+    def _diagnose(self, tasks: Any, nested: Any, index: int, exc: Exception) -> Exception:
+        dumps = self._strategy.dumps
+        for i, task in enumerate(tasks):
+            try:
+                func, args, kwargs = task
+            except Exception:
+                func, args, kwargs = task, (), {}
+            parts: list[tuple[str, Any]] = [("function", func)]
+            parts += [(f"args[{j}]", a) for j, a in enumerate(args)]
+            parts += [(f"kwargs[{k!r}]", v) for k, v in dict(kwargs).items()]
+            for label, value in parts:
+                try:
+                    dumps(value)
+                except Exception as sub:
+                    tname = type_name(type(value))
+                    if label == "function":
+                        what = f"the function itself ({tname}), or something it refers to, cannot be pickled"
+                        hint = "define it at module level, or check what its closure and globals hold"
+                        if self._choice.name not in (AUTO, "cloudpickle"):
+                            hint += (
+                                f"; the pickler in force is {self._choice.name!r} (from {self._choice.source}): "
+                                "decorate the function with wrap_non_picklable_objects, or unset LOKY_PICKLER"
+                            )
+                    else:
+                        what = f"argument {label} of type {tname} cannot be pickled"
+                        hint = _hint(tname)
+                    return TaskPicklingError(
+                        f"Could not pickle task {index + i} (function {describe_callable(func)}) to send "
+                        f"it to a worker process: {what} ({type(sub).__name__}: {sub}). Hint: {hint}.",
+                        task_index=index + i,
+                        function=describe_callable(func),
+                        argument=label,
+                        argument_type=tname,
+                    )
+        if nested is not None:
+            try:
+                dumps(nested)
+            except Exception as sub:
+                return pickle.PicklingError(
+                    f"Could not pickle the nested-backend setting {nested!r} of the batch starting at "
+                    f"task {index}: {type(sub).__name__}: {sub}"
+                )
+        first = tasks[0] if len(tasks) else None
+        return TaskPicklingError(
+            f"Could not pickle the batch of {len(tasks)} tasks starting at task {index} to send it "
+            f"to a worker process ({type(exc).__name__}: {exc}).",
+            task_index=index,
+            function=describe_callable(first[0]) if first is not None else None,
+        )
+
+
+def _load_results(blob: bytes) -> list[Any]:
+    return pickle.loads(blob)  # type: ignore[no-any-return]
+
+
+class _PickledResults(list):  # type: ignore[type-arg]
+    """The results of a batch, already pickled by the call's strategy in the worker.
+
+    A list (so an in-process caller can use it as one); pickled by the pool, it sends
+    the bytes made in the worker, and unpickles in the parent as a plain list.
+    """
+
+    __slots__ = ("_blob",)
+
+    def __init__(self, results: list[Any], blob: bytes) -> None:
+        super().__init__(results)
+        self._blob = blob
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (_load_results, (self._blob,))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_results, (self._blob,))
+
+
+def _result_strategy(spec: tuple[str, int | None, Mapping[type, Reducer] | None]) -> Strategy:
+    name, protocol, reducers = spec
+    choice = resolve_pickler("auto") if name == AUTO else _choice_for(name, "the parent's choice", "pickler")
+    return Strategy(choice, reducers, protocol, token_prefix=None)
+
+
+def _pack_results(results: list[Any], tasks: Any, index: int, spec: Any) -> _PickledResults:
+    strategy = _result_strategy(spec)
+    try:
+        blob = strategy.dumps(results)
+    except Exception as exc:
+        position, culprit = 0, results
+        for i, result in enumerate(results):
+            try:
+                strategy.dumps(result)
+            except Exception:
+                position, culprit = i, result
+                break
+        try:
+            func = describe_callable(tasks[position][0])
+        except Exception:
+            func = None
+        tname = type_name(type(culprit))
+        raise ResultPicklingError(
+            f"Could not pickle the result of task {index + position} (function {func}) to send it "
+            f"back from the worker process: a {tname} cannot be pickled ({type(exc).__name__}: {exc}). "
+            "Hint: return picklable data (convert it, or keep the object inside the worker).",
+            function=func,
+            result_type=tname,
+            task_index=index + position,
+        ) from exc
+    return _PickledResults(results, blob)
+
+
+class SerializedBatch:
+    """A batch pickled in the parent: bytes plus a few numbers. Picklable and callable.
+
+    Calling it (in the worker) unpickles the batch — callables sent by value come from a
+    per-process cache when the same call already sent them — runs it, and returns the
+    results as a list that the pool pickles back using the call's strategy. A result that
+    cannot be pickled raises ``ResultPicklingError`` naming the function and the type.
+    An exception raised by a task whose class has its own ``__init__`` (which plain
+    pickle could not rebuild in the parent) gets a faithful reducer registered with
+    ``copyreg`` in the worker, so it comes back with its exact type and attributes.
+    """
+
+    __slots__ = ("index", "n_tasks", "payload")
+
+    def __init__(self, payload: bytes, n_tasks: int, index: int = 0) -> None:
+        self.payload = payload
+        self.n_tasks = n_tasks
+        self.index = index
+
+    def __len__(self) -> int:
+        return self.n_tasks
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the pickled batch in bytes."""
+        return len(self.payload)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SerializedBatch, (self.payload, self.n_tasks, self.index))
+
+    def __repr__(self) -> str:
+        return f"SerializedBatch(<{self.n_tasks} tasks from index {self.index}, {len(self.payload)} bytes>)"
+
+    def __call__(self) -> Any:
+        try:
+            batch_type, tasks, nested, index, result_spec = pickle.loads(self.payload)
+        except Exception as exc:
+            if hasattr(exc, "add_note"):
+                exc.add_note(
+                    f"(par: while unpickling the batch of {self.n_tasks} tasks starting at task "
+                    f"{self.index} in process {os.getpid()}; a module the tasks refer to may be "
+                    "missing in the worker)"
+                )
+            raise
+        try:
+            results = batch_type(tasks, nested, index)()
+        except BaseException as exc:
+            make_exception_picklable(exc)
+            raise
+        return _pack_results(results, tasks, index, result_spec)
