@@ -1,0 +1,155 @@
+"""Worker-death diagnosis: from an exit code (or signal) to a message a user can act on.
+
+Every process backend of this package reports a dead worker through
+:func:`worker_died_error`, so the wording, the likely causes and the attributes of the
+resulting :class:`par_api.WorkerDiedError` (``exitcode``, ``pid``) are decided here only.
+
+Exit codes follow :attr:`multiprocessing.Process.exitcode`: ``-N`` means the process
+was killed by signal ``N``, a value ``>= 0`` is the status it exited with.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from par_api import WorkerDiedError
+
+#: Likely causes of the signals a worker typically dies of.
+_SIGNAL_CAUSES: dict[str, str] = {
+    "SIGKILL": (
+        "the operating system (or a user) killed it with SIGKILL. The usual cause is memory: the "
+        "out-of-memory killer or a container/cgroup memory limit ends the biggest process. Reduce the "
+        "memory used per task (smaller batches, fewer n_jobs, memmapped inputs) or raise the limit"
+    ),
+    "SIGSEGV": (
+        "a segmentation fault: a native crash in C/C++/Cython code (an extension module, a "
+        "library bug or a stack overflow from deep recursion), not a Python exception"
+    ),
+    "SIGBUS": "a bus error: a native crash, often a memory-mapped file that was truncated or removed",
+    "SIGILL": "an illegal instruction: native code built for another CPU, or a native crash",
+    "SIGFPE": "a floating-point exception raised by native code",
+    "SIGABRT": (
+        "it aborted: a native library called abort() (failed assertion, corrupted heap, "
+        "os.abort() or a fatal Python error)"
+    ),
+    "SIGTERM": "it was asked to terminate (SIGTERM) by the operating system or another process",
+    "SIGINT": "it was interrupted (SIGINT)",
+    "SIGHUP": "its terminal or session went away (SIGHUP)",
+    "SIGPIPE": "it wrote to a closed pipe (SIGPIPE)",
+}
+
+
+def signal_name(signum: int) -> str:
+    """The name of signal ``signum`` (``'SIGKILL'``), or ``'signal N'`` when unknown."""
+    try:
+        return signal.Signals(signum).name
+    except (ValueError, AttributeError):
+        return f"signal {signum}"
+
+
+def describe_worker_death(exitcode: int | None, pid: int | None = None) -> str:
+    """A one-paragraph explanation of a worker's death from its exit code and pid.
+
+    ``exitcode`` is ``None`` when it could not be observed (e.g. on Windows).
+    """
+    who = f"A worker process (pid {pid})" if pid is not None else "A worker process"
+    if exitcode is None:
+        what = (
+            "died unexpectedly and its exit code is unknown. Common causes: it was killed for "
+            "using too much memory, it crashed in native code (segmentation fault), or a task "
+            "called os._exit()"
+        )
+    elif exitcode < 0 and sys.platform != "win32":
+        name = signal_name(-exitcode)
+        cause = _SIGNAL_CAUSES.get(name, "it received a signal that ended it")
+        what = f"was killed by signal {name} (exit code {exitcode}): {cause}"
+    elif exitcode == 0:
+        what = (
+            "exited with code 0 while tasks were pending: something in a task (or the worker "
+            "initializer) ended the process early, e.g. os._exit(0)"
+        )
+    else:
+        what = (
+            f"exited with code {exitcode} while running tasks: a task or a library it called "
+            f"ended the process with os._exit({exitcode}) or an equivalent exit() in native code, "
+            f"or the worker initializer failed at start-up (sys.exit() and exceptions inside a "
+            f"task are reported as ordinary errors instead)"
+        )
+    return (
+        f"{who} {what}. The tasks it was running are lost; the pool was discarded and the next "
+        f"call starts fresh workers."
+    )
+
+
+def worker_died_error(
+    exitcode: int | None,
+    pid: int | None = None,
+    cause: BaseException | None = None,
+    extra: str = "",
+) -> WorkerDiedError:
+    """Build the :class:`par_api.WorkerDiedError` for a dead worker.
+
+    ``cause`` (e.g. loky's ``TerminatedWorkerError``) becomes ``__cause__``; ``extra``
+    is appended to the message.
+    """
+    message = describe_worker_death(exitcode, pid)
+    if extra:
+        message = f"{message} {extra}"
+    error = WorkerDiedError(message, exitcode=exitcode, pid=pid)
+    if cause is not None:
+        error.__cause__ = cause
+    return error
+
+
+_EXITCODE_RE = re.compile(r"\b(?:[A-Z0-9_]+)\((-?\d+)\)")
+
+
+def parse_exitcodes(message: str) -> list[int]:
+    """Exit codes listed in a loky ``TerminatedWorkerError`` message (``{SIGKILL(-9)}``)."""
+    codes: list[int] = []
+    for group in re.findall(r"\{([^{}]*)\}", message):
+        codes.extend(int(code) for code in _EXITCODE_RE.findall(group))
+    return codes
+
+
+def diagnose(
+    cause: BaseException,
+    processes: Mapping[int, Any] | Iterable[Any] = (),
+) -> WorkerDiedError:
+    """Turn a pool's "a worker terminated" exception into a :class:`WorkerDiedError`.
+
+    ``processes`` are the worker process objects (``pid`` and ``exitcode`` attributes, as
+    :class:`multiprocessing.Process`) that were alive before the failure: the ones that
+    have exited abnormally by now name the pid; otherwise the exit codes printed in the
+    message of ``cause`` are used.
+    """
+    procs = list(processes.values()) if isinstance(processes, Mapping) else list(processes)
+    dead: list[tuple[int | None, int | None]] = []
+    for proc in procs:
+        try:
+            code = proc.exitcode
+        except (ValueError, OSError, AttributeError):  # closed process object
+            continue
+        if code is not None and code != 0:
+            dead.append((getattr(proc, "pid", None), code))
+    if dead:
+        pid, code = dead[0]
+        extra = ""
+        if len(dead) > 1:
+            others = ", ".join(f"pid {p} ({_code_text(c)})" for p, c in dead[1:])
+            extra = f"Other workers that ended: {others}."
+        return worker_died_error(code, pid, cause=cause, extra=extra)
+    codes = parse_exitcodes(str(cause))
+    return worker_died_error(codes[0] if codes else None, None, cause=cause)
+
+
+def _code_text(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        return signal_name(-code)
+    return f"exit code {code}"

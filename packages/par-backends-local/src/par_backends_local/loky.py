@@ -1,0 +1,266 @@
+"""The ``loky`` backend (par's default): worker processes of loky's reusable executor.
+
+The executor returned by :func:`loky.get_reusable_executor` is kept alive between
+calls (idle workers exit after ``idle_worker_timeout`` seconds) and reused as long as
+the worker set-up is the same: loky itself replaces the workers when the environment,
+initializer or reducers change, and resizes the pool when ``n_jobs`` changes.
+
+``terminate()`` at the end of a call keeps the executor for the next call; only
+``abort_everything`` (first error, timeout, Ctrl-C) kills the workers, so that a stuck
+task does not keep a worker busy.
+
+Worker death (``os._exit``, a signal such as SIGKILL from the out-of-memory killer, a
+segfault) makes loky fail the pending futures with ``TerminatedWorkerError``; this
+backend re-raises it as :class:`par_api.WorkerDiedError` (message from
+:mod:`par_backends_local._crash`, loky's exception as ``__cause__``) and the next
+submit gets a fresh executor.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import BrokenExecutor, Future
+from typing import Any
+
+from par_api import ParallelBackendBase, TransportHooks, cpu_count, normalize_n_jobs
+
+from . import _crash
+from ._common import (
+    adopt_remote_traceback,
+    check_backend_kwargs,
+    check_initializer,
+    check_process_backend_available,
+    init_steps,
+    run_initializers,
+)
+
+#: Seconds an idle worker of the reusable executor waits before exiting.
+DEFAULT_IDLE_WORKER_TIMEOUT = 300.0
+
+_BACKEND_KWARGS = ("initializer", "initargs", "idle_worker_timeout")
+
+
+def _worker_processes(executor: Any) -> dict[int, Any]:
+    """pid -> process object of the executor's current workers.
+
+    The one place that reads loky internals (``ProcessPoolExecutor._processes``); it is
+    only used to name the pid of a worker that died, so a missing attribute just means
+    the pid is not reported.
+    """
+    processes = getattr(executor, "_processes", None)
+    if not isinstance(processes, Mapping):
+        return {}
+    try:
+        return dict(processes)
+    except RuntimeError:  # resized concurrently
+        return {}
+
+
+class LokyBackend(ParallelBackendBase):
+    """Worker processes from loky's reusable executor (the default backend).
+
+    Parameters (also accepted by ``configure`` as backend arguments, which win):
+    ``initializer``/``initargs`` run once in each new worker (after the transport
+    hooks' initializer), ``idle_worker_timeout`` seconds before an idle worker exits.
+    """
+
+    supports_timeout = True
+    supports_inner_max_num_threads = True
+    supports_auto_batching = True
+    supports_transport_hooks = True
+    supports_sharedmem = False
+    uses_threads = False
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        *,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        idle_worker_timeout: float = DEFAULT_IDLE_WORKER_TIMEOUT,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self._user_kwargs: dict[str, Any] = {}
+        if initializer is not None or initargs:
+            self._user_kwargs["initializer"], self._user_kwargs["initargs"] = check_initializer(
+                initializer, initargs
+            )
+        if idle_worker_timeout != DEFAULT_IDLE_WORKER_TIMEOUT:
+            self._user_kwargs["idle_worker_timeout"] = _check_timeout(idle_worker_timeout)
+        self._reset_runtime()
+
+    def _reset_runtime(self) -> None:
+        self._executor: Any = None
+        self._executor_args: dict[str, Any] | None = None
+        self._n_jobs: int | None = None
+        self._workers: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- sizing -------------------------------------------------------------------
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
+        return normalize_n_jobs(n_jobs)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        hooks: TransportHooks | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Get (or reuse) loky's executor with ``effective_n_jobs(n_jobs)`` workers set up
+        by ``hooks`` and the ``initializer``/``initargs``/``idle_worker_timeout`` backend
+        arguments. Raises :class:`par_api.BackendNotAvailableError` without multiprocessing."""
+        check_backend_kwargs("loky", backend_kwargs, _BACKEND_KWARGS)
+        check_process_backend_available("loky")
+        if hooks is not None and not isinstance(hooks, TransportHooks):
+            raise TypeError(f"hooks must be a par_api.TransportHooks or None, got {type(hooks).__name__}")
+        n = self.effective_n_jobs(n_jobs)
+        merged = {**self._user_kwargs, **backend_kwargs}
+        user_init, user_initargs = check_initializer(merged.get("initializer"), merged.get("initargs", ()))
+        timeout = _check_timeout(merged.get("idle_worker_timeout", DEFAULT_IDLE_WORKER_TIMEOUT))
+
+        steps = init_steps(
+            (hooks.initializer, hooks.initargs) if hooks is not None else (None, ()),
+            (user_init, user_initargs),
+        )
+        env = dict(hooks.env) if hooks is not None and hooks.env else None
+        self._executor_args = {
+            "max_workers": n,
+            "timeout": timeout,
+            "job_reducers": dict(hooks.job_reducers) if hooks is not None and hooks.job_reducers else None,
+            "result_reducers": (
+                dict(hooks.result_reducers) if hooks is not None and hooks.result_reducers else None
+            ),
+            "initializer": run_initializers if steps else None,
+            "initargs": steps,
+            "env": env,
+        }
+        self.parallel = parallel
+        self.hooks = hooks
+        self._n_jobs = n
+        self._get_executor()
+        return n
+
+    def _get_executor(self) -> Any:
+        from loky import get_reusable_executor
+
+        if self._executor_args is None:
+            raise RuntimeError("LokyBackend.configure(...) must be called before submit()")
+        executor = get_reusable_executor(reuse="auto", **self._executor_args)
+        with self._lock:
+            if executor is not self._executor:
+                self._workers = {}
+            self._executor = executor
+        return executor
+
+    # -- running --------------------------------------------------------------------
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
+        """Send ``func`` (through ``hooks.serialize_batch`` when set, in this thread: its
+        pickling errors propagate) to a worker; return a future that the callback gets."""
+        hooks = self.hooks
+        payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
+        executor = self._executor if self._executor is not None else self._get_executor()
+        try:
+            loky_future = executor.submit(payload)
+        except (BrokenExecutor, RuntimeError):
+            # The executor broke (a worker died) or was shut down by an abort: start afresh.
+            executor = self._get_executor()
+            loky_future = executor.submit(payload)
+        workers = _worker_processes(executor)
+        if workers.keys() - self._workers.keys():
+            with self._lock:
+                self._workers.update(workers)
+        known_workers = self._workers
+
+        out: Future[Any] = Future()
+
+        def on_done(done: Any) -> None:
+            try:
+                value = done.result()
+            except BaseException as exc:
+                out.set_exception(self._translate(exc, known_workers))
+            else:
+                out.set_result(value)
+            if callback is not None:
+                callback(out)
+
+        loky_future.add_done_callback(on_done)
+        return out
+
+    @staticmethod
+    def _translate(exc: BaseException, workers: Mapping[int, Any]) -> BaseException:
+        from loky.process_executor import TerminatedWorkerError
+
+        if isinstance(exc, TerminatedWorkerError):
+            return _crash.diagnose(exc, workers)
+        return adopt_remote_traceback(exc)
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """The batch's results, or raise its exception (``WorkerDiedError`` when a worker died)."""
+        return out.result()
+
+    # -- life cycle -----------------------------------------------------------------
+    def terminate(self) -> None:
+        """End of a call: forget the executor but keep its workers for the next call."""
+        with self._lock:
+            self._executor = None
+            self._workers = {}
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Kill the workers (a stuck task stops) and fail the pending batches; with
+        ``ensure_ready`` a fresh executor is ready for the next submit."""
+        executor = self._executor
+        if executor is not None:
+            # wait=True: the kill is done when this returns. (With wait=False, the
+            # shutdown(kill_workers=False) that get_reusable_executor performs on a shut-down
+            # executor could reset loky's kill flag before its manager thread acts on it,
+            # leaving the stuck worker running.)
+            executor.shutdown(wait=True, kill_workers=True)
+        with self._lock:
+            self._executor = None
+            self._workers = {}
+        if ensure_ready and self._executor_args is not None:
+            self._get_executor()
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """Threads sized so workers x threads stays within the CPUs:
+        ``('threading', inner_max_num_threads or max(cpu_count() // n_jobs, 1))``,
+        or ``('sequential', 1)`` when that is 1."""
+        return _nested_threads(self.inner_max_num_threads, self._n_jobs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_executor", "_workers", "_lock", "parallel", "hooks", "_executor_args"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime()
+        self._n_jobs = state.get("_n_jobs")
+        self.parallel = None
+        self.hooks = None
+
+    def __repr__(self) -> str:
+        return f"LokyBackend(n_jobs={self._n_jobs})" if self._n_jobs is not None else "LokyBackend()"
+
+
+def _check_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"idle_worker_timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _nested_threads(inner_max_num_threads: int | None, n_jobs: int | None) -> tuple[str, int]:
+    if inner_max_num_threads is not None:
+        threads = max(int(inner_max_num_threads), 1)
+    else:
+        threads = max(cpu_count() // max(n_jobs or cpu_count(), 1), 1)
+    if threads <= 1:
+        return "sequential", 1
+    return "threading", threads

@@ -1,0 +1,444 @@
+"""The ``multiprocessing`` backend: a :class:`multiprocessing.pool.Pool` per call.
+
+Start method, in order: the ``context`` parameter (a multiprocessing context, e.g.
+``multiprocessing.get_context('spawn')``, or a start-method name), else the
+``PAR_START_METHOD`` environment variable, else ``JOBLIB_START_METHOD``, else the
+platform default.
+
+A plain ``multiprocessing.Pool`` waits forever for the task of a worker that died (it
+silently starts a replacement). This backend watches the workers instead: a small
+thread waits on their process sentinels and, when one exits while the pool is in use,
+fails every pending batch with :class:`par_api.WorkerDiedError` (exit code or signal,
+pid, likely cause) and discards the pool; the next submit starts a new one. The only
+Pool internal relied on is ``Pool._pool`` (its list of worker processes), read in
+:func:`_pool_processes`.
+
+Transport hooks: ``serialize_batch`` is applied to each batch, ``env`` is applied by the
+worker initializer (``os.environ.update``) before the hooks' and the user's
+initializers run; ``job_reducers``/``result_reducers`` are not supported by
+``multiprocessing.Pool`` and are ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from typing import Any
+
+from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, normalize_n_jobs
+
+from . import _crash
+from ._common import (
+    adopt_remote_traceback,
+    check_backend_kwargs,
+    check_initializer,
+    check_process_backend_available,
+    init_steps,
+    setup_worker,
+)
+from .loky import _nested_threads
+
+_logger = logging.getLogger(__name__)
+
+START_METHOD_ENV_VARS = ("PAR_START_METHOD", "JOBLIB_START_METHOD")
+_BACKEND_KWARGS = ("initializer", "initargs", "maxtasksperchild")
+
+
+def _pool_processes(pool: Any) -> list[Any]:
+    """The worker processes of a ``multiprocessing.pool.Pool``.
+
+    The one place that reads Pool internals: ``Pool._pool`` is the list of its worker
+    :class:`multiprocessing.Process` objects (stable since Python 3.0).
+    """
+    return list(getattr(pool, "_pool", ()))
+
+
+def resolve_context(context: Any = None) -> Any:
+    """The multiprocessing context for ``context`` (a context, a start-method name or
+    None: then ``PAR_START_METHOD``, ``JOBLIB_START_METHOD``, the platform default)."""
+    if context is not None and not isinstance(context, str):
+        if hasattr(context, "get_start_method") and hasattr(context, "Pool"):
+            return context
+        raise TypeError(
+            f"context must be a multiprocessing context (multiprocessing.get_context('spawn')), a "
+            f"start-method name or None; got {type(context).__name__} {context!r}"
+        )
+    source = "context"
+    if context is None:
+        for var in START_METHOD_ENV_VARS:
+            value = os.environ.get(var, "").strip()
+            if value:
+                context, source = value, var
+                break
+    if context is None:
+        return multiprocessing.get_context()
+    methods = multiprocessing.get_all_start_methods()
+    if context not in methods:
+        raise ValueError(
+            f"{source}={context!r} is not a start method available here; use one of "
+            f"{', '.join(repr(m) for m in methods)}."
+        )
+    return multiprocessing.get_context(context)
+
+
+class _PoolState:
+    """One ``multiprocessing.Pool`` with its pending batches and its death watcher."""
+
+    def __init__(self, n: int, ctx: Any, initializer: Any, initargs: tuple[Any, ...], maxtasksperchild: Any):
+        self.pool = ctx.Pool(
+            processes=n,
+            initializer=initializer,
+            initargs=initargs,
+            maxtasksperchild=maxtasksperchild,
+        )
+        self.lock = threading.Lock()
+        self.pending: dict[int, tuple[Future[Any], Callable[[Any], None] | None]] = {}
+        self.counter = itertools.count()
+        self.broken: WorkerDiedError | None = None
+        self.closing = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.processes = {p.pid: p for p in _pool_processes(self.pool)}
+        self.recycles_workers = maxtasksperchild is not None
+        # Wake-up pipe of the watcher (a multiprocessing Connection works with wait()).
+        self._wake_r, self._wake_w = ctx.Pipe(duplex=False)
+        self.watcher = threading.Thread(target=self._watch, name="par-mp-worker-watcher", daemon=True)
+        self.watcher.start()
+
+    # -- completion ---------------------------------------------------------------
+    def finish(self, key: int, ok: bool, value: Any) -> None:
+        with self.lock:
+            entry = self.pending.pop(key, None)
+        if entry is None:  # already failed by the watcher or an abort
+            return
+        future, callback = entry
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(adopt_remote_traceback(value) if isinstance(value, BaseException) else value)
+        _run_callback(callback, future)
+
+    def fail_all(self, make_error: Callable[[], BaseException]) -> None:
+        with self.lock:
+            entries = list(self.pending.values())
+            self.pending.clear()
+        for future, callback in entries:
+            future.set_exception(make_error())
+            _run_callback(callback, future)
+
+    # -- worker-death watcher -------------------------------------------------------
+    def _watch(self) -> None:
+        from multiprocessing.connection import wait
+
+        while True:
+            if self.recycles_workers:
+                # Workers are replaced when they reach maxtasksperchild: follow the list.
+                for proc in _pool_processes(self.pool):
+                    self.processes.setdefault(proc.pid, proc)
+            procs = [p for p in self.processes.values() if p.exitcode is None]
+            sentinels = {p.sentinel: p for p in procs}
+            try:
+                ready = wait([self._wake_r, *sentinels], timeout=0.5 if self.recycles_workers else None)
+            except OSError:  # pipe closed under us at shutdown
+                return
+            if self.closing:
+                return
+            dead = [sentinels[s] for s in ready if s in sentinels]
+            if self.recycles_workers:
+                dead = [p for p in dead if p.exitcode != 0]
+            if not dead:
+                continue
+            if self.closing:
+                return
+            proc = dead[0]
+            exitcode, pid = _exitcode(proc), proc.pid
+            extra = ""
+            if len(dead) > 1:
+                extra = (
+                    "Other workers that ended: "
+                    + ", ".join(f"pid {p.pid} (exit code {_exitcode(p)})" for p in dead[1:])
+                    + "."
+                )
+            with self.lock:  # from now on submit() starts a new pool instead
+                self.broken = _crash.worker_died_error(exitcode, pid, extra=extra)
+            self.fail_all(functools.partial(_crash.worker_died_error, exitcode, pid, extra=extra))
+            # The pool would replace the worker but never finish its task: discard it.
+            self.shutdown(kill=True, from_watcher=True)
+            return
+
+    # -- shutdown ---------------------------------------------------------------------
+    def shutdown(
+        self,
+        kill: bool,
+        from_watcher: bool = False,
+        error: Callable[[], BaseException] = lambda: RuntimeError(
+            "the multiprocessing pool was shut down before this batch finished"
+        ),
+    ) -> None:
+        """Stop the watcher, then close and join the pool: gracefully (workers finish the
+        queued batches and exit) unless ``kill`` or batches are still pending, in which case
+        the workers are terminated and the pending batches fail with ``error()``. Safe to
+        call more than once, from any thread."""
+        with self.lock:
+            first = not self.closing
+            self.closing = True
+            pending = bool(self.pending)
+        if not from_watcher:
+            if first:
+                try:
+                    self._wake_w.send_bytes(b"x")
+                except OSError:  # the watcher already closed the pipe
+                    pass
+            self.watcher.join()
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if kill or pending:
+                self.pool.terminate()
+            else:
+                self.pool.close()
+            self.pool.join()
+            self._wake_r.close()
+            self._wake_w.close()
+        self.fail_all(error)  # nothing is left waiting on a pool that is gone
+
+
+def _exitcode(proc: Any, patience: float = 1.0) -> int | None:
+    """The exit code of a worker whose sentinel fired. The pool's own maintenance thread
+    reaps dead workers concurrently, so the code can take a moment to show up here."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            code = proc.exitcode
+        except ValueError:  # process object closed
+            return None
+        if code is not None or time.monotonic() > deadline:
+            return code  # type: ignore[no-any-return]
+        time.sleep(0.01)
+
+
+def _run_callback(callback: Callable[[Any], None] | None, future: Future[Any]) -> None:
+    if callback is None:
+        return
+    try:
+        callback(future)
+    except BaseException:  # must not kill the pool's result thread or the watcher
+        _logger.exception("par multiprocessing backend: the completion callback raised")
+
+
+class MultiprocessingBackend(ParallelBackendBase):
+    """Worker processes of a :class:`multiprocessing.pool.Pool` (joblib's legacy backend).
+
+    ``context``: a multiprocessing context or a start-method name (else
+    ``PAR_START_METHOD``/``JOBLIB_START_METHOD``, else the platform default).
+    ``initializer``/``initargs`` run once in each worker (after the transport hooks'
+    environment and initializer); ``maxtasksperchild`` is passed to the pool. The pool
+    is started at ``configure`` and closed and joined at ``terminate``.
+    """
+
+    supports_timeout = True
+    supports_inner_max_num_threads = True
+    supports_auto_batching = True
+    supports_transport_hooks = True
+    supports_sharedmem = False
+    uses_threads = False
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        *,
+        context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        maxtasksperchild: int | None = None,
+    ) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        if context is not None:
+            resolve_context(context)  # validate now, with a clear error
+        self._context = context
+        self._user_kwargs: dict[str, Any] = {}
+        if initializer is not None or initargs:
+            self._user_kwargs["initializer"], self._user_kwargs["initargs"] = check_initializer(
+                initializer, initargs
+            )
+        if maxtasksperchild is not None:
+            self._user_kwargs["maxtasksperchild"] = _check_maxtasks(maxtasksperchild)
+        self._reset_runtime()
+
+    def _reset_runtime(self) -> None:
+        self._state: _PoolState | None = None
+        self._pool_args: tuple[Any, ...] | None = None
+        self._n_jobs: int | None = None
+
+    @property
+    def context(self) -> Any:
+        """The multiprocessing context the pool is started with."""
+        return resolve_context(self._context)
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
+        return normalize_n_jobs(n_jobs)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        hooks: TransportHooks | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Start a pool of ``effective_n_jobs(n_jobs)`` workers and return that number.
+
+        Raises :class:`par_api.BackendNotAvailableError` without multiprocessing, or inside
+        a daemonic process (a pool worker cannot have children)."""
+        check_backend_kwargs("multiprocessing", backend_kwargs, _BACKEND_KWARGS)
+        check_process_backend_available("multiprocessing")
+        if hooks is not None and not isinstance(hooks, TransportHooks):
+            raise TypeError(f"hooks must be a par_api.TransportHooks or None, got {type(hooks).__name__}")
+        if multiprocessing.current_process().daemon:
+            from par_api import BackendNotAvailableError
+
+            raise BackendNotAvailableError(
+                "backend='multiprocessing' cannot start worker processes from inside a daemonic "
+                "process (such as a multiprocessing pool worker). Use backend='threading' or "
+                "'sequential' for nested calls."
+            )
+        n = self.effective_n_jobs(n_jobs)
+        merged = {**self._user_kwargs, **backend_kwargs}
+        user_init, user_initargs = check_initializer(merged.get("initializer"), merged.get("initargs", ()))
+        maxtasks = merged.get("maxtasksperchild")
+        if maxtasks is not None:
+            maxtasks = _check_maxtasks(maxtasks)
+        ctx = resolve_context(self._context)
+        steps = init_steps(
+            (hooks.initializer, hooks.initargs) if hooks is not None else (None, ()),
+            (user_init, user_initargs),
+        )
+        env = dict(hooks.env) if hooks is not None and hooks.env else {}
+        if env or steps:
+            initializer, initargs = setup_worker, (env, *steps)
+        else:
+            initializer, initargs = None, ()
+        pool_args = (n, ctx, initializer, initargs, maxtasks)
+        if self._state is not None:
+            self._state.shutdown(kill=False)
+            self._state = None
+        self._pool_args = pool_args
+        self.parallel = parallel
+        self.hooks = hooks
+        self._n_jobs = n
+        self._state = _PoolState(*pool_args)
+        return n
+
+    def _ready_state(self) -> _PoolState:
+        state = self._state
+        if state is not None and state.broken is None and not state.closing:
+            return state
+        if self._pool_args is None:
+            raise RuntimeError("MultiprocessingBackend.configure(...) must be called before submit()")
+        if state is not None:
+            state.shutdown(kill=True)
+        self._state = state = _PoolState(*self._pool_args)
+        return state
+
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
+        """Send ``func`` (through ``hooks.serialize_batch`` when set, in this thread) to a
+        worker; return a future that ``callback`` receives once, on success or failure."""
+        hooks = self.hooks
+        payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
+        future: Future[Any] = Future()
+        for _attempt in range(3):
+            state = self._ready_state()
+            key = next(state.counter)
+            with state.lock:
+                # Registered only while the pool is usable: the watcher sets ``broken``
+                # under this lock, then fails everything registered so far.
+                if state.broken is None and not state.closing:
+                    state.pending[key] = (future, callback)
+                    break
+        else:  # pragma: no cover - workers dying as fast as pools start
+            raise RuntimeError("could not start a working multiprocessing pool: its workers keep dying")
+        try:
+            state.pool.apply_async(
+                payload,
+                callback=lambda value: state.finish(key, True, value),
+                error_callback=lambda exc: state.finish(key, False, exc),
+            )
+        except BaseException:
+            with state.lock:
+                entry = state.pending.pop(key, None)
+            if entry is not None:
+                raise
+            # The pool broke meanwhile and the future already carries that error.
+        return future
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """The batch's results, or raise its exception (``WorkerDiedError`` when a worker died)."""
+        return out.result()
+
+    def terminate(self) -> None:
+        """Close the pool and join its workers (queued batches finish first)."""
+        state, self._state = self._state, None
+        if state is not None:
+            state.shutdown(kill=False)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Terminate the workers (a stuck task stops), fail the pending batches with
+        ``CancelledError``; with ``ensure_ready`` start a fresh pool."""
+        state, self._state = self._state, None
+        if state is not None:
+            state.shutdown(
+                kill=True, error=lambda: CancelledError("the batch was cancelled: the call was aborted")
+            )
+        if ensure_ready and self._pool_args is not None:
+            self._state = _PoolState(*self._pool_args)
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """Threads sized so workers x threads stays within the CPUs:
+        ``('threading', inner_max_num_threads or max(cpu_count() // n_jobs, 1))``,
+        or ``('sequential', 1)`` when that is 1."""
+        return _nested_threads(self.inner_max_num_threads, self._n_jobs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_state", "_pool_args", "parallel", "hooks"):
+            state.pop(key, None)
+        context = state.get("_context")
+        if context is not None and not isinstance(context, str):
+            state["_context"] = context.get_start_method()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        n_jobs = state.get("_n_jobs")
+        self._reset_runtime()
+        self._n_jobs = n_jobs
+        self.parallel = None
+        self.hooks = None
+
+    def __repr__(self) -> str:
+        method = self._context if isinstance(self._context, str) else None
+        if self._context is not None and method is None:
+            method = self._context.get_start_method()
+        parts = []
+        if method:
+            parts.append(f"context={method!r}")
+        if self._n_jobs is not None:
+            parts.append(f"n_jobs={self._n_jobs}")
+        return f"MultiprocessingBackend({', '.join(parts)})"
+
+
+def _check_maxtasks(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"maxtasksperchild must be a positive int or None, got {value!r}")
+    return value

@@ -1,0 +1,251 @@
+"""The ``threading`` backend: a light pool of threads of the caller's process.
+
+Dispatch is the cost that matters for thread pools running many tiny tasks, so the pool
+is minimal: ``n_jobs`` threads started at ``configure`` pull ``(batch, result, callback)``
+items from one :class:`queue.SimpleQueue`, and each batch gets a small
+:class:`ThreadResult` (no per-task lock or condition unless someone waits on it).
+
+A running thread cannot be stopped from outside in Python. When the scheduler's
+``timeout`` expires it raises in the caller and calls ``abort_everything``: the queued
+batches are dropped, the pool is replaced by a fresh one, and the thread still running
+the slow task keeps running until that task returns (then it exits on its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from par_api import ParallelBackendBase, normalize_n_jobs
+
+from ._common import check_backend_kwargs
+
+_logger = logging.getLogger(__name__)
+
+_PENDING, _OK, _FAILED = 0, 1, 2
+_waiter_lock = threading.Lock()
+
+
+class ThreadResult:
+    """The future-like object of one batch of the threading backend.
+
+    ``result(timeout=None)`` returns the list of results or raises the batch's
+    exception; ``done()`` and ``exception()`` behave as for
+    :class:`concurrent.futures.Future`. The completion callback receives it.
+    """
+
+    __slots__ = ("_state", "_value", "_waiter")
+
+    def __init__(self) -> None:
+        self._state = _PENDING
+        self._value: Any = None
+        self._waiter: threading.Event | None = None
+
+    def _complete(self, state: int, value: Any) -> None:
+        self._value = value
+        with _waiter_lock:
+            self._state = state
+            waiter = self._waiter
+        if waiter is not None:
+            waiter.set()
+
+    def done(self) -> bool:
+        return self._state != _PENDING
+
+    def _wait(self, timeout: float | None) -> None:
+        if self._state != _PENDING:
+            return
+        with _waiter_lock:
+            if self._state != _PENDING:
+                return
+            if self._waiter is None:
+                self._waiter = threading.Event()
+            waiter = self._waiter
+        if not waiter.wait(timeout):
+            raise FuturesTimeoutError(f"the batch did not finish within {timeout} seconds")
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait up to ``timeout`` seconds; return the batch's results or raise its error."""
+        self._wait(timeout)
+        if self._state == _FAILED:
+            raise self._value
+        return self._value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return self._value if self._state == _FAILED else None
+
+    def __repr__(self) -> str:
+        state = {_PENDING: "pending", _OK: "finished", _FAILED: "failed"}[self._state]
+        return f"<ThreadResult {state}>"
+
+
+_STOP = None
+
+
+def _worker_loop(queue: SimpleQueue[Any]) -> None:
+    get = queue.get
+    while True:
+        item = get()
+        if item is _STOP:
+            return
+        func, out, callback = item
+        try:
+            value = func()
+        except BaseException as exc:
+            out._complete(_FAILED, exc)
+        else:
+            out._complete(_OK, value)
+        del func, item
+        if callback is not None:
+            try:
+                callback(out)
+            except BaseException:  # a failing callback must not kill the worker thread
+                _logger.exception("par threading backend: the completion callback raised")
+
+
+class _ThreadPool:
+    """``n`` threads on one queue; ``stop`` sends one stop marker per thread."""
+
+    def __init__(self, n: int) -> None:
+        self.queue: SimpleQueue[Any] = SimpleQueue()
+        self.threads = [
+            threading.Thread(target=_worker_loop, args=(self.queue,), name=f"par-threading-{i}", daemon=True)
+            for i in range(n)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def drain(self) -> list[tuple[Any, ThreadResult, Any]]:
+        """Remove and return the batches not yet picked up by a thread."""
+        items: list[tuple[Any, ThreadResult, Any]] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except Empty:
+                return items
+            if item is not _STOP:
+                items.append(item)
+
+    def stop(self, join: bool) -> None:
+        for _ in self.threads:
+            self.queue.put(_STOP)
+        if join:
+            current = threading.current_thread()
+            for thread in self.threads:
+                if thread is not current:
+                    thread.join()
+
+
+class ThreadingBackend(ParallelBackendBase):
+    """A pool of ``n_jobs`` threads in the caller's process.
+
+    Best for tasks that release the GIL (I/O, native code). The pool is created at
+    ``configure`` and reused by every call of a ``with Parallel(...)`` block;
+    ``terminate`` stops the threads and joins them.
+
+    Timeouts: ``supports_timeout`` is True because the scheduler enforces ``timeout``
+    itself (it raises in the caller), but a Python thread cannot be interrupted:
+    ``abort_everything`` drops the queued batches and swaps in a fresh pool, while a
+    thread already running a stuck task keeps running until the task returns.
+    """
+
+    uses_threads = True
+    supports_sharedmem = True
+    supports_timeout = True
+    supports_auto_batching = False
+
+    def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self._pool: _ThreadPool | None = None
+        self._n_jobs = 1
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
+        return normalize_n_jobs(n_jobs)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        hooks: Any = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Start a pool of ``effective_n_jobs(n_jobs)`` threads (replacing an older pool of
+        another size) and return its size. No backend arguments are accepted."""
+        check_backend_kwargs("threading", backend_kwargs, ())
+        n = self.effective_n_jobs(n_jobs)
+        self.parallel = parallel
+        self.hooks = hooks
+        if self._pool is not None and len(self._pool.threads) != n:
+            self._pool.stop(join=True)
+            self._pool = None
+        if self._pool is None:
+            self._pool = _ThreadPool(n)
+        self._n_jobs = n
+        return n
+
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> ThreadResult:
+        """Queue ``func`` for a pool thread; ``callback(out)`` runs in that thread when done."""
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = _ThreadPool(self._n_jobs)
+        out = ThreadResult()
+        pool.queue.put((func, out, callback))
+        return out
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """The batch's results, or raise its exception."""
+        if type(out) is ThreadResult and out._state != _PENDING:
+            if out._state == _FAILED:
+                raise out._value
+            return out._value
+        return out.result()
+
+    def compute_batch_size(self) -> int:
+        """One task per batch (a thread pool has little dispatch cost per task)."""
+        return 1
+
+    def terminate(self) -> None:
+        """Stop the threads once the queued batches are done, and join them."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop(join=True)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Drop the queued batches (their callbacks get a ``CancelledError``) and let the
+        threads go; a thread busy with a task finishes that task, then exits. With
+        ``ensure_ready`` a fresh pool of the same size is started."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            dropped = pool.drain()
+            pool.stop(join=False)
+            for _func, out, callback in dropped:
+                out._complete(_FAILED, CancelledError("the batch was cancelled: the call was aborted"))
+                if callback is not None:
+                    try:
+                        callback(out)
+                    except BaseException:
+                        _logger.exception("par threading backend: the completion callback raised")
+        if ensure_ready:
+            self._pool = _ThreadPool(self._n_jobs)
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """``('sequential', 1)``: a ``Parallel`` inside a thread runs sequentially."""
+        return "sequential", 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        state["parallel"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"ThreadingBackend(n_jobs={self._n_jobs})" if self._pool is not None else "ThreadingBackend()"

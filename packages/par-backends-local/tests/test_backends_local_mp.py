@@ -1,0 +1,262 @@
+"""The multiprocessing backend, driven directly with batches and callbacks.
+
+Tasks use standard-library callables only, so they unpickle in spawned workers whatever
+the test module's import name.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import CancelledError, Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import pytest
+from par_api import BatchedCalls, RemoteTraceback, Task, TransportHooks, WorkerDiedError, make_backend
+from par_backends_local import MultiprocessingBackend
+from par_backends_local.multiprocessing import resolve_context
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def batch(*calls: tuple[Any, ...]) -> BatchedCalls:
+    return BatchedCalls([Task(call[0], tuple(call[1:]), {}) for call in calls])
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.outs: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, out: Any) -> None:
+        with self._cond:
+            self.outs.append(out)
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 30) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.outs) >= n, timeout), (
+                f"{len(self.outs)} of {n} callbacks"
+            )
+
+
+def started_by_spawn(pid: int) -> bool:
+    """Whether worker ``pid`` was started by the spawn method (a fresh interpreter running
+    multiprocessing.spawn), as opposed to a fork of this process."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return b"multiprocessing.spawn" in f.read()
+
+
+needs_procfs = pytest.mark.skipif(not os.path.exists("/proc/self/cmdline"), reason="needs /proc")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its parent's wait() counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no procfs
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def mp_backend():
+    backend = MultiprocessingBackend()
+    yield backend
+    backend.terminate()
+
+
+def test_backends_mp_results_callbacks_and_clean_terminate() -> None:
+    backend = MultiprocessingBackend()
+    assert backend.configure(n_jobs=2) == 2
+    rec = Recorder()
+    outs = [backend.submit(batch((pow, i, 2), (os.getpid,)), callback=rec) for i in range(6)]
+    rec.wait_for(6)
+    assert len(rec.outs) == 6 and all(isinstance(o, Future) for o in rec.outs)
+    results = [backend.retrieve_result_callback(o) for o in outs]
+    assert [r[0] for r in results] == [i * i for i in range(6)]
+    pids = {r[1] for r in results}
+    assert os.getpid() not in pids
+    if os.path.exists("/proc/self/cmdline") and multiprocessing.get_start_method() == "fork":
+        assert not any(started_by_spawn(p) for p in pids)  # the check below can fail
+    backend.terminate()  # closes and joins the pool: no worker is left behind
+    assert not any(pid_alive(p) for p in pids)
+
+
+def test_backends_mp_exception_type_and_worker_traceback(mp_backend: MultiprocessingBackend) -> None:
+    mp_backend.configure(1)
+    rec = Recorder()
+    out = mp_backend.submit(batch((abs, -1), (int, "not a number")), callback=rec)
+    rec.wait_for(1)
+    assert rec.outs == [out]
+    with pytest.raises(ValueError, match="invalid literal") as info:
+        mp_backend.retrieve_result_callback(out)
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback) and "Traceback (most recent call last)" in str(cause)
+    assert mp_backend.submit(batch((abs, -3))).result(timeout=30) == [3]
+
+
+@needs_procfs
+def test_backends_mp_spawn_context_object_selects_the_start_method() -> None:
+    backend = make_backend("multiprocessing", context=multiprocessing.get_context("spawn"))
+    assert backend.context.get_start_method() == "spawn" and "spawn" in repr(backend)
+    clone = pickle.loads(pickle.dumps(backend))  # unconfigured, with a context: picklable
+    assert clone.context.get_start_method() == "spawn"
+    backend.configure(1)
+    try:
+        assert started_by_spawn(backend.submit(batch((os.getpid,))).result(timeout=30)[0])
+    finally:
+        backend.terminate()
+
+
+@needs_procfs
+def test_backends_mp_start_method_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JOBLIB_START_METHOD", raising=False)
+    monkeypatch.setenv("PAR_START_METHOD", "spawn")
+    backend = MultiprocessingBackend()
+    backend.configure(1)
+    try:
+        assert started_by_spawn(backend.submit(batch((os.getpid,))).result(timeout=30)[0])
+    finally:
+        backend.terminate()
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver")
+def test_backends_mp_start_method_variables_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAR_START_METHOD", raising=False)
+    monkeypatch.setenv("JOBLIB_START_METHOD", "forkserver")
+    assert resolve_context().get_start_method() == "forkserver"
+    monkeypatch.setenv("PAR_START_METHOD", "spawn")  # par's variable wins
+    assert resolve_context().get_start_method() == "spawn"
+    assert resolve_context("forkserver").get_start_method() == "forkserver"  # the argument wins
+
+
+def test_backends_mp_bad_start_method_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAR_START_METHOD", "teleport")
+    with pytest.raises(ValueError, match=r"PAR_START_METHOD='teleport'.*'spawn'"):
+        MultiprocessingBackend().configure(1)
+    with pytest.raises(ValueError, match=r"context='teleport'"):
+        MultiprocessingBackend(context="teleport")
+    with pytest.raises(TypeError, match="multiprocessing context"):
+        MultiprocessingBackend(context=3)
+
+
+def test_backends_mp_hooks_env_initializer_and_serializer() -> None:
+    serialized: list[Any] = []
+
+    def serialize_batch(b: Any) -> Any:
+        serialized.append(b)
+        return b
+
+    hooks = TransportHooks(
+        serialize_batch=serialize_batch,
+        env={"PAR_BACKENDS_LOCAL_TEST": "mp"},
+        initializer=sys.setrecursionlimit,
+        initargs=(4321,),
+    )
+    backend = MultiprocessingBackend(initializer=sys.setswitchinterval, initargs=(0.0123,))
+    backend.configure(1, hooks=hooks)
+    try:
+        task = batch(
+            (os.getenv, "PAR_BACKENDS_LOCAL_TEST"), (sys.getrecursionlimit,), (sys.getswitchinterval,)
+        )
+        assert backend.submit(task).result(timeout=30) == ["mp", 4321, 0.0123]
+        assert serialized == [task]
+    finally:
+        backend.terminate()
+    assert os.environ.get("PAR_BACKENDS_LOCAL_TEST") is None  # only the workers' environment
+
+
+def _expect_worker_death(backend: MultiprocessingBackend, task: BatchedCalls) -> WorkerDiedError:
+    rec = Recorder()
+    out = backend.submit(task, callback=rec)
+    rec.wait_for(1)  # a plain multiprocessing.Pool would wait here forever
+    with pytest.raises(WorkerDiedError) as info:
+        backend.retrieve_result_callback(out)
+    assert isinstance(info.value, BrokenProcessPool)
+    assert backend.submit(batch((abs, -5))).result(timeout=30) == [5]  # a fresh pool
+    return info.value
+
+
+def test_backends_mp_os_exit_gives_worker_died_error(mp_backend: MultiprocessingBackend) -> None:
+    mp_backend.configure(1)
+    pid = mp_backend.submit(batch((os.getpid,))).result(timeout=30)[0]
+    err = _expect_worker_death(mp_backend, batch((os._exit, 1)))
+    assert err.exitcode == 1 and err.pid == pid
+    assert "exited with code 1" in str(err) and "os._exit" in str(err) and f"pid {pid}" in str(err)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_backends_mp_sigkill_gives_worker_died_error(mp_backend: MultiprocessingBackend) -> None:
+    mp_backend.configure(2)
+    rec = Recorder()
+    other = mp_backend.submit(batch((time.sleep, 0.5)), callback=rec)
+    err = _expect_worker_death(mp_backend, batch((signal.raise_signal, signal.SIGKILL)))
+    assert err.exitcode == -signal.SIGKILL and "SIGKILL" in str(err) and "memory" in str(err)
+    rec.wait_for(1)  # the batch pending on the broken pool got its callback too
+    assert rec.outs == [other] and other.done()
+
+
+def test_backends_mp_abort_everything_kills_a_stuck_worker(mp_backend: MultiprocessingBackend) -> None:
+    mp_backend.configure(1)
+    pid = mp_backend.submit(batch((os.getpid,))).result(timeout=30)[0]
+    rec = Recorder()
+    stuck = mp_backend.submit(batch((time.sleep, 60)), callback=rec)
+    mp_backend.abort_everything(ensure_ready=True)
+    assert wait_gone(pid), "the stuck worker is still running"
+    rec.wait_for(1)
+    assert rec.outs == [stuck]
+    with pytest.raises(CancelledError):
+        stuck.result(timeout=0)
+    assert mp_backend.submit(batch((os.getpid,))).result(timeout=30)[0] != pid
+
+
+def test_backends_mp_abort_without_ensure_ready_then_reconfigure(mp_backend: MultiprocessingBackend) -> None:
+    mp_backend.configure(1)
+    pid = mp_backend.submit(batch((os.getpid,))).result(timeout=30)[0]
+    mp_backend.abort_everything(ensure_ready=False)
+    assert wait_gone(pid)
+    mp_backend.configure(1)
+    assert mp_backend.submit(batch((abs, -2))).result(timeout=30) == [2]
+
+
+def test_backends_mp_nested_daemon_process_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from par_api import BackendNotAvailableError
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    with pytest.raises(BackendNotAvailableError, match="daemonic"):
+        MultiprocessingBackend().configure(1)
+
+
+def test_backends_mp_terminate_with_a_pending_batch_does_not_hang() -> None:
+    backend = MultiprocessingBackend()
+    backend.configure(1)
+    pid = backend.submit(batch((os.getpid,))).result(timeout=30)[0]
+    rec = Recorder()
+    stuck = backend.submit(batch((time.sleep, 60)), callback=rec)
+    backend.terminate()  # the batch is still running: the workers are terminated
+    assert wait_gone(pid)
+    assert rec.outs == [stuck]
+    with pytest.raises(RuntimeError, match="shut down"):
+        stuck.result(timeout=0)
