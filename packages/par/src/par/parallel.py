@@ -27,10 +27,10 @@ from par_api import (
     default,
     default_backend_name,
     get_active_config,
+    is_default,
     make_backend,
     parse_nbytes,
 )
-from par_api.config import _Default
 
 from .progress import make_progress_listener
 
@@ -40,7 +40,7 @@ MMAP_MODES = (None, "r+", "r", "w+", "c")
 
 def _pick(value: Any, name: str, cfg: Any) -> Any:
     """The value passed, else the active configuration's (set or documented default)."""
-    if isinstance(value, _Default):
+    if is_default(value):
         return getattr(cfg, name)
     return value
 
@@ -98,12 +98,12 @@ class Parallel:
         self.progress = _pick(progress, "progress", cfg)
         self._backend_kwargs = backend_kwargs
 
-        explicit_n_jobs = not isinstance(n_jobs, _Default)
+        explicit_n_jobs = not is_default(n_jobs)
         self.n_jobs = check_n_jobs(n_jobs if explicit_n_jobs else cfg.n_jobs)
         self._backend, self._inner_max_num_threads = self._resolve_backend(backend, cfg)
         # Inside a worker, a Parallel that did not choose its backend gets the nested one,
         # capped to the worker's share of the CPUs so outer x inner stays within cpu_count.
-        self._nested_cap: int | None = cfg.n_jobs if cfg.nested and isinstance(backend, _Default) else None
+        self._nested_cap: int | None = cfg.n_jobs if cfg.nested and is_default(backend) else None
         self.pre_dispatch = pre_dispatch
         par_scheduler.parse_pre_dispatch(pre_dispatch, 1)  # validate now: never evaluated as code
 
@@ -118,7 +118,7 @@ class Parallel:
     # -- backend choice -------------------------------------------------------------
     def _resolve_backend(self, backend: Any, cfg: Any) -> tuple[ParallelBackendBase, int | None]:
         inner = cfg.inner_max_num_threads
-        if not isinstance(backend, _Default) and backend is not None:
+        if not is_default(backend) and backend is not None:
             if isinstance(backend, str):
                 obj = make_backend(backend)
             elif isinstance(backend, ParallelBackendBase):
@@ -163,7 +163,9 @@ class Parallel:
         backend = self._backend
         n_jobs = backend.effective_n_jobs(self.n_jobs)
         if self._nested_cap is not None:
-            n_jobs = max(min(n_jobs, self._nested_cap), 1)
+            # the worker's remaining budget (PAR_THREAD_BUDGET in process workers)
+            cap = min(self._nested_cap, par_threadlimits.nested_budget(self._nested_cap))
+            n_jobs = max(min(n_jobs, cap), 1)
         if n_jobs == 1 and (backend.uses_threads or backend.supports_transport_hooks):
             backend = make_backend("sequential")
         hooks = None
@@ -171,7 +173,9 @@ class Parallel:
             if self._temp is None:
                 self._temp = par_memmap.TempFolderManager(self.temp_folder, verbose=self.verbose)
             reducers = par_memmap.make_reducers(self._temp, self.max_nbytes, self.mmap_mode)
-            self._serializer = par_serialization.BatchSerializer(reducers)
+            self._serializer = par_serialization.BatchSerializer(
+                reducers, result_reducers=par_memmap.make_result_reducers()
+            )
             budget = par_threadlimits.thread_budget(n_jobs, self._inner_max_num_threads)
             hooks = TransportHooks(
                 serialize_batch=self._serializer,
@@ -234,7 +238,9 @@ class Parallel:
             if progress_listener is not None:
                 listeners.append(progress_listener)
             limits = par_threadlimits.parent_limits(
-                self._inner_max_num_threads if backend.uses_threads else None
+                par_threadlimits.thread_backend_limit(n_jobs, self._inner_max_num_threads)
+                if backend.uses_threads and n_jobs > 1
+                else None
             )
             limits.__enter__()
         except BaseException:
