@@ -1,0 +1,132 @@
+"""Batch sizing: how many tasks go into the next batch.
+
+Three policies, chosen once per call by :func:`make_sizer`:
+
+- a fixed ``batch_size`` given by the user;
+- the backend's own ``compute_batch_size()`` when it does not want the scheduler to
+  size batches (``supports_auto_batching`` is False; thread backends use batches of 1);
+- :class:`AutoBatcher`, which aims every batch at :data:`TARGET_BATCH_DURATION`.
+
+The tail of the iterable is split by :func:`tail_batch_size` (auto policy only) so that
+the last tasks are spread over all workers in shrinking batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = [
+    "TARGET_BATCH_DURATION",
+    "AutoBatcher",
+    "BackendSizer",
+    "FixedSizer",
+    "make_sizer",
+    "tail_batch_size",
+]
+
+#: The duration (seconds) the auto policy aims at for one batch. Long enough to hide
+#: the per-batch cost of a process round trip (well under a millisecond), short enough
+#: that a batch of tasks which turn out to be slow cannot hold one worker for long.
+TARGET_BATCH_DURATION = 0.05
+
+#: In the tail, a batch holds at most ``remaining / (TAIL_SPLIT * n_jobs)`` tasks
+#: (guided self-scheduling: batches shrink geometrically down to single tasks).
+TAIL_SPLIT = 2
+
+
+class BatchSizer(Protocol):
+    """What the engine asks of a batch-size policy."""
+
+    #: Whether the engine should look ahead in the iterable and split its tail.
+    adaptive: bool
+
+    def next_size(self) -> int: ...
+
+    def record(self, size: int, duration: float) -> None: ...
+
+
+class FixedSizer:
+    """A batch size chosen by the user: every batch has ``size`` tasks (the last may be shorter)."""
+
+    adaptive = False
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def next_size(self) -> int:
+        return self.size
+
+    def record(self, size: int, duration: float) -> None:
+        pass
+
+
+class BackendSizer:
+    """Delegates to ``backend.compute_batch_size()`` (told of each batch through
+    ``backend.batch_completed``, which the engine calls for every backend)."""
+
+    adaptive = False
+
+    def __init__(self, backend: Any) -> None:
+        self._compute = backend.compute_batch_size
+
+    def next_size(self) -> int:
+        return max(int(self._compute()), 1)
+
+    def record(self, size: int, duration: float) -> None:
+        pass
+
+
+class AutoBatcher:
+    """Adaptive batch size: start at 1, grow while batches are fast, shrink at once when slow.
+
+    After each batch, ``record(size, duration)`` estimates the per-task time of that
+    batch and the size that would take ``target`` seconds (``ideal``):
+
+    - faster than wanted: the size grows to ``ideal`` but at most to twice the size of
+      the batch just measured, so the work committed ahead never exceeds twice what has
+      been verified to be fast (a batch that swallows slow tasks stays small);
+    - slower than wanted for the current size: the size drops to ``ideal`` (at least 1)
+      straight away, without smoothing, so that slow tasks quickly run one per batch.
+
+    Not thread-safe: the engine calls it under its lock.
+    """
+
+    adaptive = True
+
+    def __init__(self, target: float = TARGET_BATCH_DURATION) -> None:
+        if not target > 0:
+            raise ValueError(f"target must be a positive duration in seconds, got {target!r}")
+        self.target = target
+        self.size = 1
+
+    def next_size(self) -> int:
+        return self.size
+
+    def record(self, size: int, duration: float) -> None:
+        if size <= 0:
+            return
+        if duration <= 0:
+            ideal = 2 * size
+        else:
+            ideal = max(int(size * self.target / duration), 1)
+        if ideal >= self.size:
+            self.size = max(self.size, min(ideal, 2 * size))
+        else:
+            self.size = ideal
+
+
+def tail_batch_size(size: int, remaining: int, n_jobs: int) -> int:
+    """The size of a batch cut from the last ``remaining`` tasks of the iterable: at most
+    ``size``, and small enough that the tail is shared by all ``n_jobs`` workers in
+    shrinking batches (no worker idles while another runs a big final batch)."""
+    share = -(-remaining // (TAIL_SPLIT * n_jobs))  # ceil
+    return max(min(size, share), 1)
+
+
+def make_sizer(batch_size: int | str, backend: Any) -> FixedSizer | BackendSizer | AutoBatcher:
+    """The policy for ``batch_size`` (already validated) and ``backend``."""
+    if batch_size != "auto":
+        return FixedSizer(int(batch_size))
+    if getattr(backend, "supports_auto_batching", False):
+        return AutoBatcher()
+    return BackendSizer(backend)

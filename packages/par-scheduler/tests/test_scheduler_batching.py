@@ -1,0 +1,160 @@
+"""Batch sizing: the adaptive policy (driven by injected durations or a fake clock), the
+tail split, fixed sizes and the backend's own sizing."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from par_api import BatchedCalls, Task
+from par_scheduler import TARGET_BATCH_DURATION, AutoBatcher, run, tail_batch_size
+
+T = TARGET_BATCH_DURATION
+
+
+def test_scheduler_auto_batcher_starts_at_one_and_doubles_while_fast() -> None:
+    batcher = AutoBatcher()
+    assert batcher.next_size() == 1
+    sizes = []
+    for _ in range(10):
+        size = batcher.next_size()
+        batcher.record(size, size * 1e-6)  # 1 µs per task: far below the target
+        sizes.append(batcher.next_size())
+    assert sizes == [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def test_scheduler_auto_batcher_growth_is_bounded_by_what_was_measured() -> None:
+    batcher = AutoBatcher()
+    batcher.record(1, 1e-6)
+    batcher.record(1, 1e-6)  # an older batch of the same size: no extra growth
+    assert batcher.next_size() == 2
+    batcher.record(2, 2e-6)
+    assert batcher.next_size() == 4
+    batcher.record(1, 1e-6)  # a stale, smaller batch does not shrink a fast size
+    assert batcher.next_size() == 4
+
+
+def test_scheduler_auto_batcher_aims_at_the_target_duration() -> None:
+    batcher = AutoBatcher(target=0.1)
+    batcher.size = 64
+    batcher.record(64, 0.064)  # 1 ms per task: 100 tasks make 0.1 s
+    assert batcher.next_size() == 100
+    batcher.record(100, 0.1)
+    assert batcher.next_size() == 100  # on target: stays
+
+
+def test_scheduler_auto_batcher_shrinks_at_once_when_slow() -> None:
+    batcher = AutoBatcher()
+    batcher.size = 512
+    batcher.record(512, 20 * T)  # 20x too long
+    assert batcher.next_size() == 512 // 20
+    batcher.record(1, 3 * T)  # one task alone takes longer than the target
+    assert batcher.next_size() == 1
+    batcher.record(1, 0.5 * T)  # then fast again: grows back
+    assert batcher.next_size() == 2
+
+
+def test_scheduler_auto_batcher_refuses_bad_target() -> None:
+    with pytest.raises(ValueError, match="target"):
+        AutoBatcher(target=0)
+
+
+@pytest.mark.parametrize(
+    ("size", "remaining", "n_jobs", "expected"),
+    [(100, 40, 2, 10), (100, 3, 2, 1), (5, 100, 2, 5), (64, 64, 4, 8), (1, 1000, 8, 1), (7, 0, 2, 1)],
+)
+def test_scheduler_tail_split(size: int, remaining: int, n_jobs: int, expected: int) -> None:
+    assert tail_batch_size(size, remaining, n_jobs) == expected
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    import par_scheduler._engine as engine
+
+    fake = FakeClock()
+    monkeypatch.setattr(engine, "_now", fake)
+    return fake
+
+
+def test_scheduler_auto_batches_grow_then_shrink_on_slow_tasks(sync_backend, clock: FakeClock) -> None:
+    """Fast tasks make batches grow; when tasks become slow, batches drop to single tasks
+    quickly and the end of the iterable is split: no batch holds many slow tasks."""
+
+    def work(i: int, duration: float) -> int:
+        clock.t += duration
+        return i
+
+    n_fast, n_slow = 3000, 40
+    fast = (Task(work, (i, 1e-6), {}) for i in range(n_fast))
+    slow = (Task(work, (n_fast + i, 1.0), {}) for i in range(n_slow))
+    backend = sync_backend(auto=True)
+    results = run(backend, itertools.chain(fast, slow), n_jobs=2)
+    assert results == list(range(n_fast + n_slow))
+    sizes = backend.sizes
+    assert max(sizes) >= 256  # grew while fast
+    assert sizes[0] == 1
+    slow_per_batch = [sum(1 for t in b.tasks if t.args[1] == 1.0) for b in backend.batches]
+    # Only batches cut before the first slow result could be seen hold several slow
+    # tasks; every later batch runs one slow task.
+    assert max(slow_per_batch) <= 10
+    assert sum(1 for n in slow_per_batch if n > 1) <= 4
+    assert sizes[-10:] == [1] * 10
+    # Batches cover the tasks in order, with their index.
+    assert [b.index for b in backend.batches] == list(itertools.accumulate([0, *sizes[:-1]]))
+    # The backend is told each batch's size and duration.
+    assert [c[0] for c in backend.completed] == sizes
+    assert sum(c[1] for c in backend.completed) == pytest.approx(n_slow * 1.0 + n_fast * 1e-6)
+
+
+def test_scheduler_auto_batches_split_the_tail(sync_backend, clock: FakeClock) -> None:
+    backend = sync_backend(auto=True)
+    tasks = [Task(abs, (-i,), {}) for i in range(5000)]
+    assert run(backend, iter(tasks), n_jobs=2) == list(range(5000))
+    sizes = backend.sizes
+    assert sum(sizes) == 5000
+    biggest = sizes.index(max(sizes))
+    tail = sizes[biggest:]
+    assert tail == sorted(tail, reverse=True)  # shrinking batches at the end
+    assert tail[-3:] == [1, 1, 1]
+
+
+def test_scheduler_fixed_batch_size(sync_backend) -> None:
+    backend = sync_backend(auto=True)
+    assert run(backend, (Task(abs, (-i,), {}) for i in range(10)), n_jobs=2, batch_size=4) == list(range(10))
+    assert backend.sizes == [4, 4, 2]
+    assert [b.index for b in backend.batches] == [0, 4, 8]
+    assert all(isinstance(b, BatchedCalls) for b in backend.batches)
+    assert all(b.nested == backend.get_nested_backend() for b in backend.batches)
+
+
+def test_scheduler_backend_sizes_batches_without_auto_batching(sync_backend) -> None:
+    sizes = itertools.chain([1, 2, 3], itertools.repeat(3))
+    calls: list[Any] = []
+
+    backend = sync_backend(auto=False)
+    backend.compute_batch_size = lambda: next(sizes)  # type: ignore[method-assign]
+    original = backend.batch_completed
+
+    def batch_completed(size: int, duration: float) -> None:
+        calls.append(size)
+        original(size, duration)
+
+    backend.batch_completed = batch_completed  # type: ignore[method-assign]
+    assert run(backend, [Task(abs, (-i,), {}) for i in range(12)], n_jobs=2) == list(range(12))
+    assert backend.sizes == [1, 2, 3, 3, 3]
+    assert calls == [1, 2, 3, 3, 3]
+
+
+def test_scheduler_thread_style_backend_gets_batches_of_one(sync_backend) -> None:
+    backend = sync_backend(auto=False)  # default compute_batch_size() is 1
+    assert run(backend, [Task(abs, (-i,), {}) for i in range(50)], n_jobs=2) == list(range(50))
+    assert backend.sizes == [1] * 50
