@@ -108,6 +108,8 @@ def get_active_config() -> ActiveConfig:
                 continue
             merged[key] = value
             explicit.add(key)
+    if isinstance(merged["backend"], str):
+        merged["backend"] = make_backend(merged["backend"])
     return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested)
 
 
@@ -333,7 +335,9 @@ class _nested_scope:
     def __init__(self, backend: Any, n_jobs: int | None) -> None:
         layer: dict[str, Any] = {"__nested__": True}
         if backend is not None:
-            layer["backend"] = make_backend(backend) if isinstance(backend, str) else backend
+            # A name is resolved only when a Parallel inside the task asks for the active
+            # configuration: building it here would cost every batch a backend instance.
+            layer["backend"] = backend
         if n_jobs is not None:
             layer["n_jobs"] = n_jobs
         self._layer = layer

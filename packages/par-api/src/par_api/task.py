@@ -21,6 +21,25 @@ class Task(NamedTuple):
         return self.func(*self.args, **self.kwargs)
 
 
+# ``delayed(f)(x)`` is evaluated once per task, and ``functools.wraps`` costs several
+# microseconds: the wrapper of a function is built once and kept in a small cache.
+_WRAPPERS: dict[int, tuple[Callable[..., Any], Callable[..., Task]]] = {}
+_WRAPPERS_MAX = 512
+
+
+def _make_wrapper(function: Callable[..., Any]) -> Callable[..., Task]:
+    new = tuple.__new__
+
+    def delayed_function(*args: Any, **kwargs: Any) -> Task:
+        return new(Task, (function, args, kwargs))  # Task(function, args, kwargs), one frame less
+
+    try:
+        delayed_function = functools.wraps(function)(delayed_function)
+    except AttributeError:  # pragma: no cover - exotic callables without __dict__
+        pass
+    return delayed_function
+
+
 def delayed(function: Callable[P, R]) -> Callable[P, Task]:
     """Capture the arguments of a call instead of making it.
 
@@ -28,20 +47,19 @@ def delayed(function: Callable[P, R]) -> Callable[P, Task]:
     unpacks as ``(function, args, kwargs)``. The wrapper keeps the metadata of
     ``function`` (``functools.wraps``), so ``delayed`` also works as a decorator.
     """
+    entry = _WRAPPERS.get(id(function))
+    if entry is not None and entry[0] is function:
+        return entry[1]
     if not callable(function):
         raise TypeError(
             f"delayed(function): function must be callable, got {type(function).__name__} "
             f"{function!r}. Pass the function itself, e.g. delayed(math.sqrt)(4), not its result."
         )
-
-    def delayed_function(*args: P.args, **kwargs: P.kwargs) -> Task:
-        return Task(function, args, kwargs)
-
-    try:
-        delayed_function = functools.wraps(function)(delayed_function)
-    except AttributeError:  # pragma: no cover - exotic callables without __dict__
-        pass
-    return delayed_function
+    wrapper = _make_wrapper(function)
+    if len(_WRAPPERS) >= _WRAPPERS_MAX:
+        _WRAPPERS.clear()
+    _WRAPPERS[id(function)] = (function, wrapper)
+    return wrapper
 
 
 class BatchedCalls:

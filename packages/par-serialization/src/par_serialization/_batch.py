@@ -16,6 +16,7 @@ from ._picklers import (
     SerializerStats,
     Strategy,
     _choice_for,
+    gc_paused,
     make_exception_picklable,
     resolve_pickler,
 )
@@ -74,6 +75,10 @@ def _validate_protocol(protocol: Any) -> int | None:
             f"protocol must be None or an int from 2 to {pickle.HIGHEST_PROTOCOL}, got {protocol!r}."
         )
     return protocol
+
+
+#: The one empty kwargs dict of a batch (callees get their own copy of **kwargs).
+_NO_KWARGS: dict[str, Any] = {}
 
 
 class BatchSerializer:
@@ -148,7 +153,12 @@ class BatchSerializer:
             ) from None
         nested = getattr(batch, "nested", None)
         index = getattr(batch, "index", 0) or 0
-        record = (type(batch), tasks, nested, index, self._result_spec)
+        # Plain tuples: the C pickler saves them without a Python-level call per task,
+        # where a NamedTuple such as par_api.Task goes through reducer_override and
+        # __reduce_ex__ (2-10x slower for 100,000 small tasks). Workers unpack both alike.
+        # Empty keyword dicts are shared: pickled once (memo), not once per task.
+        plain = [(f, a, k if k else _NO_KWARGS) for f, a, k in tasks]
+        record = (type(batch), plain, nested, index, self._result_spec)
         try:
             payload = self._strategy.dumps(record)
         except Exception as exc:
@@ -312,7 +322,8 @@ class SerializedBatch:
 
     def __call__(self) -> Any:
         try:
-            batch_type, tasks, nested, index, result_spec = pickle.loads(self.payload)
+            with gc_paused():
+                batch_type, tasks, nested, index, result_spec = pickle.loads(self.payload)
         except Exception as exc:
             if hasattr(exc, "add_note"):
                 exc.add_note(
