@@ -1,0 +1,273 @@
+"""``python -m par info``: what a user needs when asking for help.
+
+:func:`collect_info` gathers, through public names only, the versions of par's
+packages, Python, the CPU counts behind ``cpu_count()``, the backends found (and the
+distribution providing each), the folder memmapped arrays would go to (and its free
+space), the native thread pools loaded (threadpoolctl) and the environment variables
+par reads. :func:`format_info` renders it as aligned ``key: value`` sections;
+``--json`` prints :func:`collect_info` as one JSON object.
+
+Collecting is read-only: no pool is started, no file or folder is created.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from typing import Any
+
+import par_api
+import par_memmap
+import par_threadlimits
+
+__all__ = ["DISTRIBUTIONS", "ENV_VARS", "collect_info", "format_info", "temp_folder_choice"]
+
+#: par's distributions, in the order they are reported (None when not installed).
+DISTRIBUTIONS: tuple[str, ...] = (
+    "par",
+    "par-api",
+    "par-scheduler",
+    "par-backends-local",
+    "par-serialization",
+    "par-memmap",
+    "par-threadlimits",
+    "par-backends-dask",
+)
+
+#: The third-party libraries par builds on (None when not installed).
+LIBRARIES: tuple[str, ...] = ("loky", "cloudpickle", "numpy", "threadpoolctl", "tqdm", "distributed")
+
+#: Environment variables that change what par does; reported when set.
+ENV_VARS: tuple[str, ...] = (
+    "PAR_BACKEND",
+    "PAR_MULTIPROCESSING",
+    "PAR_START_METHOD",
+    "JOBLIB_START_METHOD",
+    *par_memmap.ENV_VARS,
+    "LOKY_PICKLER",
+    par_threadlimits.THREAD_BACKEND_OPT_IN_VAR,
+    par_threadlimits.BUDGET_VAR,
+    *par_threadlimits.THREAD_LIMIT_VARS,
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+)
+
+_SHM = "/dev/shm"
+#: Room par_memmap leaves free in /dev/shm beyond an array (its documented reserve).
+_SHM_RESERVE = 8 * 1024 * 1024
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _free_space(path: str) -> dict[str, int | None]:
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return {"free_bytes": None, "total_bytes": None}
+    return {"free_bytes": int(usage.free), "total_bytes": int(usage.total)}
+
+
+def _writable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def temp_folder_choice(temp_folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Where ``par_memmap.TempFolderManager`` would put the memmapped arrays of a call,
+    and why, worked out without creating anything.
+
+    The order is the manager's documented one: the ``temp_folder`` argument; the
+    ``PAR_TEMP_FOLDER``/``JOBLIB_TEMP_FOLDER`` environment variables; ``/dev/shm`` when it
+    exists, is writable and has room (beyond a reserve of 8 MiB) for a small array; the
+    system temp folder (``TMPDIR``, ``TEMP``, ``TMP``, else :func:`tempfile.gettempdir`).
+    The manager decides again for each array: a large array may go to the system temp
+    folder when ``/dev/shm`` is short of room.
+
+    Returns:
+        ``{"folder", "reason", "exists", "free_bytes", "total_bytes"}``.
+    """
+    folder: str
+    if temp_folder is not None:
+        folder, reason = os.path.abspath(os.fspath(temp_folder)), "given as the temp_folder argument"
+    else:
+        from_env = next(((v, os.environ[v]) for v in par_memmap.ENV_VARS if os.environ.get(v)), None)
+        if from_env is not None:
+            folder, reason = os.path.abspath(from_env[1]), f"set by the {from_env[0]} environment variable"
+        else:
+            why_not = ""
+            shm_free = _free_space(_SHM)["free_bytes"] if _writable_dir(_SHM) else None
+            if not os.path.isdir(_SHM):
+                why_not = f"{_SHM} does not exist"
+            elif not _writable_dir(_SHM):
+                why_not = f"{_SHM} is not writable"
+            elif shm_free is None or shm_free < _SHM_RESERVE:
+                why_not = f"{_SHM} has too little free space"
+            if not why_not:
+                folder, reason = _SHM, f"{_SHM} exists, is writable and has room"
+            else:
+                folder, reason = "", ""
+                for var in ("TMPDIR", "TEMP", "TMP"):
+                    value = os.environ.get(var)
+                    if value and _writable_dir(value):
+                        folder, reason = os.path.abspath(value), f"the system temp folder from ${var}"
+                        break
+                if not folder:
+                    folder, reason = os.path.abspath(tempfile.gettempdir()), "the system temp folder"
+                reason = f"{reason} ({why_not})"
+    return {"folder": folder, "reason": reason, "exists": os.path.isdir(folder), **_free_space(folder)}
+
+
+def _safe(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, or ``{"error": "..."}``: a report must never fail on one section."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _backends() -> dict[str, Any]:
+    providers = par_api.backend_providers()
+    return {
+        "default": _safe(par_api.default_backend_name),
+        "multiprocessing_available": _safe(par_api.multiprocessing_available),
+        "available": {name: providers.get(name, "?") for name in par_api.available_backends()},
+    }
+
+
+def _threadpools() -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in pool.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        for pool in par_threadlimits.threadpool_report()
+    ]
+
+
+def collect_info() -> dict[str, Any]:
+    """Everything ``python -m par info`` reports, as JSON-serialisable data.
+
+    Keys: ``versions`` (each par distribution, None when not installed), ``libraries``,
+    ``python`` (version, implementation, executable, platform), ``cpu``
+    (``par_api.cpu_count_report()``), ``backends`` (default, whether multiprocessing is
+    usable, each available backend and its provider), ``temp_folder``
+    (:func:`temp_folder_choice`), ``threadpools`` (threadpoolctl's report of the native
+    thread pools loaded in this process) and ``environment`` (the variables of
+    :data:`ENV_VARS` that are set).
+    """
+    return {
+        "versions": {dist: _version(dist) for dist in DISTRIBUTIONS},
+        "libraries": {lib: _version(lib) for lib in LIBRARIES},
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+            "platform": platform.platform(),
+        },
+        "cpu": _safe(par_api.cpu_count_report),
+        "backends": _safe(_backends),
+        "temp_folder": _safe(temp_folder_choice),
+        "threadpools": _safe(_threadpools),
+        "environment": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
+    }
+
+
+def _human_bytes(n: Any) -> str:
+    if not isinstance(n, int):
+        return "unknown"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+_CPU_LABELS = {
+    "os_cpu_count": "logical (os.cpu_count)",
+    "affinity": "affinity",
+    "cgroup_quota": "cgroup quota",
+    "physical_cores": "physical cores",
+    "cpu_count": "cpu_count()",
+    "cpu_count_physical": "cpu_count(only_physical_cores=True)",
+}
+
+
+def _section(title: str, rows: list[tuple[str, Any]]) -> list[str]:
+    lines = [f"{title}:"]
+    if not rows:
+        return [*lines, "  (none)"]
+    width = max(len(k) for k, _ in rows) + 1
+    lines += [f"  {k + ':':<{width}} {_show(v)}" for k, v in rows]
+    return lines
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """:func:`collect_info`'s data as aligned ``key: value`` sections (one blank line
+    between sections; ``-`` for a value that is not available)."""
+    sections: list[list[str]] = [
+        _section("par", [(k, v if v is not None else "not installed") for k, v in info["versions"].items()]),
+        _section(
+            "libraries", [(k, v if v is not None else "not installed") for k, v in info["libraries"].items()]
+        ),
+        _section("python", list(info["python"].items())),
+        _section("cpu", [(_CPU_LABELS.get(k, k), v) for k, v in info["cpu"].items()]),
+    ]
+    backends = info["backends"]
+    if "error" in backends:
+        sections.append(_section("backends", [("error", backends["error"])]))
+    else:
+        default = backends["default"]
+        rows: list[tuple[str, Any]] = [
+            (name, f"{provider} (default)" if name == default else provider)
+            for name, provider in backends["available"].items()
+        ]
+        if default not in backends["available"]:
+            rows.append(("default", default))
+        rows.append(("multiprocessing usable", backends["multiprocessing_available"]))
+        sections.append(_section("backends", rows))
+    temp = info["temp_folder"]
+    if "error" in temp:
+        sections.append(_section("temp folder", [("error", temp["error"])]))
+    else:
+        free = (
+            f"{_human_bytes(temp['free_bytes'])} of {_human_bytes(temp['total_bytes'])}"
+            if temp["exists"]
+            else "unknown: the folder does not exist yet (par creates it on first use)"
+        )
+        sections.append(
+            _section("temp folder", [("folder", temp["folder"]), ("reason", temp["reason"]), ("free", free)])
+        )
+    pools = info["threadpools"]
+    if isinstance(pools, dict):  # an error
+        sections.append(_section("threadpools", [("error", pools.get("error"))]))
+    else:
+        sections.append(
+            _section(
+                "threadpools",
+                [
+                    (
+                        f"{p.get('user_api', '?')}/{p.get('internal_api', '?')}",
+                        f"{p.get('num_threads', '?')} threads, version {p.get('version') or '?'}, "
+                        f"{p.get('filepath', '?')}",
+                    )
+                    for p in pools
+                ],
+            )
+        )
+    sections.append(_section("environment", list(info["environment"].items())))
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
