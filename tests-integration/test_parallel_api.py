@@ -8,9 +8,8 @@ import threading
 import time
 from math import sqrt
 
-import pytest
-
 import par
+import pytest
 from par import Parallel, delayed, parallel_backend, parallel_config
 
 BACKENDS = ["loky", "threading", "multiprocessing", "sequential"]
@@ -43,9 +42,18 @@ def sleep_then(x, seconds):
 
 def test_public_names():
     for name in [
-        "Parallel", "delayed", "parallel_config", "parallel_backend", "register_parallel_backend",
-        "effective_n_jobs", "cpu_count", "wrap_non_picklable_objects", "dump", "load",
-        "ParallelBackendBase", "WorkerDiedError",
+        "Parallel",
+        "delayed",
+        "parallel_config",
+        "parallel_backend",
+        "register_parallel_backend",
+        "effective_n_jobs",
+        "cpu_count",
+        "wrap_non_picklable_objects",
+        "dump",
+        "load",
+        "ParallelBackendBase",
+        "WorkerDiedError",
     ]:
         assert hasattr(par, name), name
     assert issubclass(par.WorkerDiedError, concurrent.futures.process.BrokenProcessPool)
@@ -145,7 +153,9 @@ def test_calling_a_running_instance_raises():
 def test_timeout_raises_builtin_timeout_error(backend):
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
-        Parallel(n_jobs=2, backend=backend, timeout=0.5)(delayed(sleep_then)(i, 3 if i == 1 else 0) for i in range(4))
+        Parallel(n_jobs=2, backend=backend, timeout=0.5)(
+            delayed(sleep_then)(i, 3 if i == 1 else 0) for i in range(4)
+        )
     assert time.monotonic() - t0 < 3.0 + 2.5
 
 

@@ -113,7 +113,7 @@ def get_active_config() -> ActiveConfig:
     return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested)
 
 
-def _check_verbose(verbose: Any) -> int:
+def check_verbose(verbose: Any) -> int:
     if isinstance(verbose, bool) or not isinstance(verbose, int):
         raise TypeError(f"verbose must be an int >= 0, got {type(verbose).__name__} {verbose!r}")
     if verbose < 0:
@@ -121,13 +121,13 @@ def _check_verbose(verbose: Any) -> int:
     return verbose
 
 
-def _check_mmap_mode(mmap_mode: Any) -> str | None:
+def check_mmap_mode(mmap_mode: Any) -> str | None:
     if mmap_mode not in MMAP_MODES:
         raise ValueError(f"mmap_mode={mmap_mode!r} is not valid: use one of None, 'r+', 'r', 'w+', 'c'.")
     return mmap_mode  # type: ignore[no-any-return]
 
 
-def _check_temp_folder(temp_folder: Any) -> str | None:
+def check_temp_folder(temp_folder: Any) -> str | None:
     import os
 
     if temp_folder is None:
@@ -232,13 +232,13 @@ class parallel_config:
         if "n_jobs" in layer:
             layer["n_jobs"] = check_n_jobs(layer["n_jobs"])
         if "verbose" in layer:
-            layer["verbose"] = _check_verbose(layer["verbose"])
+            layer["verbose"] = check_verbose(layer["verbose"])
         if "temp_folder" in layer:
-            layer["temp_folder"] = _check_temp_folder(layer["temp_folder"])
+            layer["temp_folder"] = check_temp_folder(layer["temp_folder"])
         if "max_nbytes" in layer:
             parse_nbytes(layer["max_nbytes"])
         if "mmap_mode" in layer:
-            _check_mmap_mode(layer["mmap_mode"])
+            check_mmap_mode(layer["mmap_mode"])
         check_prefer_require(layer.get("prefer"), layer.get("require"))
         if inner_max_num_threads is not None:
             layer["inner_max_num_threads"] = _check_inner_max_num_threads(inner_max_num_threads)

@@ -12,10 +12,25 @@ the whole object is pickled again with cloudpickle's Pickler and the same reduce
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import contextlib
+import copyreg
 import gc
+import importlib
+import io
+import itertools
+import os
+import pickle
+import threading
+from collections import ChainMap, OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import FunctionType
+from typing import Any
+
+import cloudpickle
+
+from ._lookup import pickles_by_reference
+from ._wrap import _WRAPPED_CLASS_MARK, ByValueReducible, _class_holder, _swap_class
 
 
 @contextlib.contextmanager
@@ -37,24 +52,6 @@ def gc_paused() -> Iterator[None]:
         if was_enabled:
             gc.enable()
 
-
-import copyreg
-import importlib
-import io
-import itertools
-import os
-import pickle
-import threading
-from collections import ChainMap, OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import FunctionType
-from typing import Any
-
-import cloudpickle
-
-from ._lookup import pickles_by_reference
-from ._wrap import _WRAPPED_CLASS_MARK, ByValueReducible, _class_holder, _swap_class
 
 #: The environment variable that selects the pickler (read by loky too).
 PICKLER_ENV_VAR = "LOKY_PICKLER"

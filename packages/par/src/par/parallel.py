@@ -9,9 +9,10 @@ serializer + thread limits from ``par_threadlimits``) and hands the iterable to
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import par_memmap
 import par_scheduler
@@ -22,8 +23,11 @@ from par_api import (
     Task,
     TransportHooks,
     check_inner_max_num_threads_supported,
+    check_mmap_mode,
     check_n_jobs,
     check_prefer_require,
+    check_temp_folder,
+    check_verbose,
     default,
     default_backend_name,
     get_active_config,
@@ -31,11 +35,9 @@ from par_api import (
     make_backend,
     parse_nbytes,
 )
+from par_scheduler import ProgressEvent
 
-from .progress import make_progress_listener
-
-RETURN_AS = ("list", "generator", "generator_unordered")
-MMAP_MODES = (None, "r+", "r", "w+", "c")
+from .progress import TqdmLike, check_progress, make_progress_listener
 
 
 def _pick(value: Any, name: str, cfg: Any) -> Any:
@@ -64,38 +66,35 @@ class Parallel:
 
     def __init__(
         self,
-        n_jobs: Any = default(None),
-        backend: Any = default(None),
-        return_as: str = "list",
-        verbose: Any = default(0),
+        n_jobs: int | None = default(None),
+        backend: str | ParallelBackendBase | Any | None = default(None),
+        return_as: Literal["list", "generator", "generator_unordered"] = "list",
+        verbose: int = default(0),
         timeout: float | None = None,
         pre_dispatch: int | str = "2 * n_jobs",
-        batch_size: int | str = "auto",
-        temp_folder: Any = default(None),
-        max_nbytes: Any = default("1M"),
-        mmap_mode: Any = default("r"),
-        prefer: Any = default(None),
-        require: Any = default(None),
-        progress: Any = default(None),
+        batch_size: int | Literal["auto"] = "auto",
+        temp_folder: str | os.PathLike[str] | None = default(None),
+        max_nbytes: int | str | None = default("1M"),
+        mmap_mode: Literal["r+", "r", "w+", "c"] | None = default("r"),
+        prefer: Literal["processes", "threads"] | None = default(None),
+        require: Literal["sharedmem"] | None = default(None),
+        progress: bool | TqdmLike | type[TqdmLike] | Callable[[ProgressEvent], object] | None = default(None),
         **backend_kwargs: Any,
     ) -> None:
         cfg = get_active_config()
-        self.verbose: int = _pick(verbose, "verbose", cfg)
-        if isinstance(self.verbose, bool) or not isinstance(self.verbose, int) or self.verbose < 0:
-            raise ValueError(f"verbose must be an int >= 0, got {self.verbose!r}")
+        self.verbose: int = check_verbose(_pick(verbose, "verbose", cfg))
         self.timeout = par_scheduler.check_timeout(timeout)
         self.return_as = par_scheduler.check_return_as(return_as)
         self.batch_size = par_scheduler.check_batch_size(batch_size)
-        self.temp_folder = _pick(temp_folder, "temp_folder", cfg)
+        self.temp_folder = check_temp_folder(_pick(temp_folder, "temp_folder", cfg))
         self.max_nbytes = _pick(max_nbytes, "max_nbytes", cfg)
         parse_nbytes(self.max_nbytes)
-        self.mmap_mode = _pick(mmap_mode, "mmap_mode", cfg)
-        if self.mmap_mode not in MMAP_MODES:
-            raise ValueError(f"mmap_mode={self.mmap_mode!r} is not valid: use one of None, 'r+', 'r', 'w+', 'c'.")
+        self.mmap_mode = check_mmap_mode(_pick(mmap_mode, "mmap_mode", cfg))
         self.prefer, self.require = check_prefer_require(
             _pick(prefer, "prefer", cfg), _pick(require, "require", cfg)
         )
         self.progress = _pick(progress, "progress", cfg)
+        check_progress(self.progress)
         self._backend_kwargs = backend_kwargs
 
         explicit_n_jobs = not is_default(n_jobs)
@@ -132,8 +131,8 @@ class Parallel:
                 )
             if self.require == "sharedmem" and not obj.supports_sharedmem:
                 raise ValueError(
-                    f"Backend {backend!r} does not support shared memory, but require='sharedmem' was "
-                    f"given: use a thread-based backend (backend='threading') or drop require."
+                    f"backend={backend!r} does not support shared memory, but require='sharedmem' was "
+                    f"given: use backend='threading', or drop require='sharedmem'."
                 )
             if inner is not None and obj.supports_inner_max_num_threads:
                 obj.inner_max_num_threads = obj.inner_max_num_threads or inner
