@@ -1,0 +1,378 @@
+"""The ``dask`` backend: each batch of tasks is one ``distributed`` future.
+
+Driven by the par scheduler like every backend (``configure`` → ``start_call`` →
+``submit``/callback/``retrieve_result_callback`` → ``stop_call``; ``abort_everything``
+on the first error, a timeout or an interrupt). What is specific to dask:
+
+- **The cluster**: ``client=``, else ``scheduler_address=``, else ``PAR_DASK_SCHEDULER``,
+  else the worker's client (inside a task) or the current ``distributed.Client``
+  (see :mod:`par_backends_dask._client`). Nothing connects before the first call.
+- **n_jobs**: ``-1`` (and ``None``, the default) is every thread of the cluster at
+  configure time, ``-k`` all but ``k - 1`` of them; a positive ``n_jobs`` is taken as is
+  (it bounds the batches in flight, not the cluster). The scheduler sizes the batches.
+- **Arguments**: large and repeated arguments are scattered once per call
+  (:mod:`par_backends_dask._scatter`).
+- **Errors** come back with their own type and the worker's traceback (dask's
+  ``Future.result``). The first error makes the scheduler call ``abort_everything``,
+  which cancels the call's pending futures on the cluster (a task already running
+  on a worker thread finishes in the background: threads cannot be stopped). A batch
+  whose workers died more often than ``distributed.scheduler.allowed-failures`` raises
+  :class:`par_api.WorkerDiedError`; before that, dask reruns it on another worker.
+- **Nesting**: a task's own ``Parallel`` runs on the same cluster; while a call made
+  from a task running on a dask worker waits for its results, that task leaves the
+  worker's thread pool (``distributed.secede``; ``rejoin`` at the end of the call), so
+  waiting parents never hold every thread while their children queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from typing import Any
+
+import distributed
+from par_api import ParallelBackendBase, WorkerDiedError, check_n_jobs, parse_nbytes
+
+from ._client import ENV_SCHEDULER, in_worker_task, resolve_client
+from ._scatter import DEFAULT_SCATTER_THRESHOLD, CallArguments, run_batch
+
+__all__ = ["DaskBackend"]
+
+_BACKEND_KWARGS = ("client", "scheduler_address", "scatter_threshold", "connect_timeout")
+
+_local = threading.local()
+
+
+def _secede() -> bool:
+    """Leave the dask worker's thread pool when running in a task that has not left it
+    yet; True when this call seceded (and so must rejoin)."""
+    if getattr(_local, "seceded", False) or not in_worker_task():
+        return False
+    try:
+        distributed.secede()
+    except (ValueError, KeyError, AttributeError):  # not a pool thread (e.g. an async task)
+        return False
+    _local.seceded = True
+    return True
+
+
+def _rejoin() -> None:
+    if getattr(_local, "seceded", False):
+        _local.seceded = False
+        distributed.rejoin()
+
+
+def _check_threshold(value: Any) -> int | None:
+    try:
+        return parse_nbytes(value, name="scatter_threshold")
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{exc} (scatter_threshold=None never scatters arguments)") from None
+
+
+def _check_address(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(
+            f"scheduler_address must be the address of a dask scheduler as a str, e.g. "
+            f"'tcp://127.0.0.1:8786', or None; got {type(value).__name__} {value!r}"
+        )
+    return value.strip()
+
+
+def _check_client(value: Any) -> Any:
+    if value is not None and not isinstance(value, distributed.Client):
+        raise TypeError(f"client must be a distributed.Client or None, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _batch_key(batch: Any) -> str:
+    """A readable, unique dask key: ``par-<first function name>-<hex>``."""
+    name = "batch"
+    tasks = getattr(batch, "tasks", None)
+    if tasks:
+        func = tasks[0][0]
+        name = getattr(func, "__name__", None) or type(func).__name__
+    return f"par-{name}-{uuid.uuid4().hex}"
+
+
+class DaskBackend(ParallelBackendBase):
+    """Run par batches on a ``dask.distributed`` cluster.
+
+    ``DaskBackend(client=None, scheduler_address=None, scatter_threshold='1M',
+    connect_timeout=None)``:
+
+    - ``client``: a ``distributed.Client`` to use (never closed by the backend);
+    - ``scheduler_address``: e.g. ``'tcp://127.0.0.1:8786'``; a client to it is opened
+      on first use and cached for the process;
+    - ``scatter_threshold``: arguments with a known size (``nbytes``) of at least this
+      many bytes (an int or a string like ``'1M'``) are scattered to the cluster once
+      per call; ``None`` never scatters (not even repeated arguments);
+    - ``connect_timeout``: seconds (or a dask duration string) to wait for the scheduler;
+      dask's ``distributed.comm.timeouts.connect`` when None.
+
+    The same names are accepted by ``configure`` (``Parallel(backend='dask', **kwargs)``)
+    and override the constructor's for that configuration. The instance pickles without
+    its client (a nested backend reconnects to the same scheduler address).
+    """
+
+    default_n_jobs = -1
+    supports_timeout = True
+    supports_sharedmem = False
+    uses_threads = False
+    supports_inner_max_num_threads = False
+    supports_retrieve_callback = True
+    supports_return_generator = True
+    supports_auto_batching = True
+    supports_transport_hooks = False
+
+    def __init__(
+        self,
+        client: Any = None,
+        scheduler_address: str | None = None,
+        scatter_threshold: int | str | None = DEFAULT_SCATTER_THRESHOLD,
+        connect_timeout: float | str | None = None,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise TypeError(
+                f"DaskBackend got unexpected arguments {sorted(kwargs)}; accepted: "
+                f"{', '.join(_BACKEND_KWARGS)} (and nesting_level, inner_max_num_threads)."
+            )
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.client = _check_client(client)
+        self.scheduler_address = _check_address(scheduler_address)
+        self.scatter_threshold = _check_threshold(scatter_threshold)
+        self.connect_timeout = connect_timeout
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._active_client: Any = None
+        self._pending: set[Any] = set()
+        self._args: CallArguments | None = None
+        self._seceded_thread: int | None = None
+        self._options: dict[str, Any] = {}
+        self._cancelled: set[Any] = set()  # keys cancelled by abort_everything
+
+    # -- pickling (nested backends travel inside batches) -------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        address = self.scheduler_address
+        client = self._active_client or self.client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                address = client.scheduler.address
+        return {
+            "scheduler_address": address,
+            "scatter_threshold": self.scatter_threshold,
+            "connect_timeout": self.connect_timeout,
+            "nesting_level": self.nesting_level,
+            "inner_max_num_threads": self.inner_max_num_threads,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.client = None
+        self.scheduler_address = state["scheduler_address"]
+        self.scatter_threshold = state["scatter_threshold"]
+        self.connect_timeout = state["connect_timeout"]
+        self.nesting_level = state["nesting_level"]
+        self.inner_max_num_threads = state["inner_max_num_threads"]
+        self._init_state()
+
+    # -- the cluster ----------------------------------------------------------------
+    def _option(self, name: str) -> Any:
+        return self._options[name] if name in self._options else getattr(self, name)
+
+    def get_client(self) -> distributed.Client:
+        """The ``distributed.Client`` this backend submits to (resolved on first use;
+        ``ValueError`` saying how to start one when there is none)."""
+        client = self._active_client
+        if client is None or client.status not in ("running", "connecting", "newly-created"):
+            client = resolve_client(
+                self._option("client"), self._option("scheduler_address"), self._option("connect_timeout")
+            )
+            self._active_client = client
+        return client
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """``-1``/``None``: every thread of the cluster; ``-k``: all but ``k - 1``;
+        ``n > 0``: ``n``. ``ValueError`` for 0 (``par_api.check_n_jobs``)."""
+        n_jobs = check_n_jobs(n_jobs)
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs > 0:
+            return n_jobs
+        threads = sum(self.get_client().nthreads().values())
+        return max(threads + 1 + n_jobs, 1)
+
+    def configure(
+        self,
+        n_jobs: int | None = None,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Resolve the client and return the effective n_jobs. ``backend_kwargs`` may hold
+        ``hooks`` (ignored: dask serializes the batches itself) and the constructor's
+        arguments, which override the constructor's for this configuration."""
+        backend_kwargs = dict(backend_kwargs)
+        backend_kwargs.pop("hooks", None)
+        unknown = sorted(set(backend_kwargs) - set(_BACKEND_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"backend 'dask' got unexpected arguments {unknown}; accepted: {', '.join(_BACKEND_KWARGS)}."
+            )
+        options: dict[str, Any] = {}
+        if "client" in backend_kwargs:
+            options["client"] = _check_client(backend_kwargs["client"])
+        if "scheduler_address" in backend_kwargs:
+            options["scheduler_address"] = _check_address(backend_kwargs["scheduler_address"])
+        if "scatter_threshold" in backend_kwargs:
+            options["scatter_threshold"] = _check_threshold(backend_kwargs["scatter_threshold"])
+        if "connect_timeout" in backend_kwargs:
+            options["connect_timeout"] = backend_kwargs["connect_timeout"]
+        if options != self._options:
+            self._active_client = None
+        self._options = options
+        self.parallel = parallel
+        self.hooks = None
+        self._last_configure = dict(
+            n_jobs=n_jobs, parallel=parallel, prefer=prefer, require=require, **backend_kwargs
+        )
+        self.get_client()
+        return self.effective_n_jobs(n_jobs)
+
+    # -- a call -----------------------------------------------------------------------
+    def start_call(self) -> None:
+        """New per-call argument cache; leave the worker's thread pool when this call is
+        made from a task running on a dask worker."""
+        client = self.get_client()
+
+        def scatter(objects: list[Any]) -> list[Any]:
+            return client.scatter(objects, hash=False)  # type: ignore[no-any-return]
+
+        with self._lock:
+            self._args = CallArguments(scatter, self._option("scatter_threshold"))
+        if self._seceded_thread is None and _secede():
+            self._seceded_thread = threading.get_ident()
+
+    def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
+        """Send the batch ``func`` as one dask task; ``callback(future)`` fires once it is
+        done (from dask's callback thread). Returns the ``distributed.Future``."""
+        client = self.get_client()
+        with self._lock:
+            args = self._args
+        if args is None:  # submit without start_call (direct use of the backend)
+            self.start_call()
+            args = self._args
+            assert args is not None
+        batch, futures = args.prepare(func)
+        key = _batch_key(func)
+        if futures:
+            future = client.submit(run_batch, batch, *futures, key=key, pure=False)
+        else:
+            future = client.submit(batch, key=key, pure=False)
+        with self._lock:
+            self._pending.add(future)
+
+        def done(fut: Any) -> None:
+            with self._lock:
+                self._pending.discard(fut)
+            if callback is not None:
+                callback(fut)
+
+        future.add_done_callback(done)
+        return future
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """The batch's list of results, or its task's exception re-raised with the
+        worker's traceback; :class:`par_api.WorkerDiedError` when dask gave up after
+        workers died running it."""
+        try:
+            return out.result()
+        except distributed.KilledWorker as exc:
+            raise WorkerDiedError(
+                f"The dask workers running the par batch {out.key!r} died {exc.allowed_failures + 1} "
+                f"times (distributed.scheduler.allowed-failures={exc.allowed_failures}); the last one was "
+                f"{getattr(exc.last_worker, 'address', exc.last_worker)}. Likely causes: a task used more "
+                f"memory than the worker's limit (the nanny or the OS killed it), a crash in native code "
+                f"(segfault), or os._exit/sys.exit in a task. The worker logs say more.",
+                task=str(out.key),
+            ) from exc
+        except CancelledError as exc:
+            if out.key in self._cancelled:  # our own abort: the call is over anyway
+                raise
+            raise CancelledError(
+                f"The dask future of the par batch {out.key!r} was cancelled outside of par ({exc}): "
+                f"the connection to the scheduler was lost, the cluster was closed or restarted, or "
+                f"someone cancelled it."
+            ) from exc
+
+    def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
+        return out.result(timeout=timeout)
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancel every pending future of this backend on the cluster and release the
+        call's scattered arguments. The client stays: the backend remains usable."""
+        with self._lock:
+            pending = list(self._pending)
+            self._pending.clear()
+            args, self._args = self._args, None
+            if len(self._cancelled) > 10000:
+                self._cancelled.clear()
+            self._cancelled.update(f.key for f in pending)
+        client = self._active_client
+        if pending and client is not None:
+            with contextlib.suppress(Exception):
+                client.cancel(pending)
+        if args is not None:
+            args.clear()
+
+    def stop_call(self) -> None:
+        """Release the call's scattered arguments; rejoin the worker's thread pool when
+        ``start_call`` left it (from the same thread)."""
+        with self._lock:
+            args, self._args = self._args, None
+        if args is not None:
+            args.clear()
+        if self._seceded_thread is not None and self._seceded_thread == threading.get_ident():
+            self._seceded_thread = None
+            _rejoin()
+
+    def terminate(self) -> None:
+        """Cancel what is still pending and forget the client (a client given as
+        ``client=`` or cached per address is never closed here)."""
+        self.abort_everything(ensure_ready=False)
+        self._active_client = None
+
+    @contextlib.contextmanager
+    def retrieval_context(self) -> Iterator[None]:
+        """Leave the dask worker's thread pool while waiting (inside a task on a worker)."""
+        seceded = _secede()
+        try:
+            yield
+        finally:
+            if seceded:
+                _rejoin()
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """A ``DaskBackend`` bound to the same scheduler, with every cluster thread: a
+        ``Parallel`` inside a task submits to the same cluster."""
+        state = self.__getstate__()
+        nested = DaskBackend(
+            scheduler_address=state["scheduler_address"],
+            scatter_threshold=self._option("scatter_threshold"),
+            connect_timeout=self._option("connect_timeout"),
+            nesting_level=(self.nesting_level or 0) + 1,
+        )
+        return nested, None
+
+    def __repr__(self) -> str:
+        where = self.scheduler_address or ("client=" + repr(self.client) if self.client else None)
+        return f"DaskBackend({where or 'current client or $' + ENV_SCHEDULER})"

@@ -1,0 +1,342 @@
+"""DaskBackend against a real distributed.LocalCluster (two worker processes on 127.0.0.1).
+
+The backend is driven directly with par_api.BatchedCalls (the par scheduler and
+Parallel are not dependencies of this package; tests-integration/test_dask_cluster.py
+covers them).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import threading
+import time
+import traceback
+
+import distributed
+import pytest
+from par_api import (
+    BackendNotAvailableError,
+    BatchedCalls,
+    Task,
+    WorkerDiedError,
+    available_backends,
+    make_backend,
+)
+from par_backends_dask import DaskBackend, close_clients
+
+pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # allowed_failures=0: a batch whose worker dies fails at once (no rerun), so the
+    # KilledWorker path is tested without killing a worker four times.
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"allowed_failures": 0},
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    # Not the default client: tests choose when a "current client" exists.
+    with distributed.Client(cluster, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        yield client
+    close_clients()
+
+
+@pytest.fixture()
+def backend(client):
+    backend = DaskBackend(client=client)
+    assert backend.configure(n_jobs=-1) == 2
+    yield backend
+    backend.terminate()
+
+
+def run_batches(backend, batches, timeout=30):
+    """Submit batches as the par scheduler does; return their results (or raise)."""
+    done = []
+    lock = threading.Lock()
+
+    def callback(out):
+        with lock:
+            done.append(out)
+
+    backend.start_call()
+    try:
+        outs = [backend.submit(b, callback=callback) for b in batches]
+        results = [backend.retrieve_result(out, timeout=timeout) for out in outs]
+        deadline = time.monotonic() + timeout
+        while len(done) < len(outs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(id(o) for o in done) == sorted(id(o) for o in outs)  # each callback once
+        return [backend.retrieve_result_callback(out) for out in outs] if results else []
+    finally:
+        backend.stop_call()
+
+
+def one(func, *args, **kwargs):
+    return BatchedCalls([Task(func, args, kwargs)])
+
+
+# -- functions run on the workers -----------------------------------------------------
+def _worker_functions():
+    """The functions the tests send to the workers. Defined in a closure (and using no
+    other name of this module), so that pickling them by reference fails and distributed
+    pickles them by value with cloudpickle: the worker processes cannot import this
+    test module (its name depends on how pytest was started)."""
+
+    def fails(x):
+        raise KeyError(f"task failed on {x!r}")
+
+    def in_worker_store(*args, **kwargs):
+        """For each argument: is it the very object held in the worker's data store
+        (i.e. it arrived as scattered data, not inline with the task)?"""
+        values = list(distributed.get_worker().data.values())
+        return [any(v is a for v in values) for a in (*args, *kwargs.values())]
+
+    def nested_sum(backend, n, me, other):
+        """A nested call on the same cluster through the backend, once the other outer
+        task runs too (both worker threads are then taken)."""
+        distributed.Event(me).set()
+        if not distributed.Event(other).wait(timeout=15):
+            raise RuntimeError("the two outer tasks did not run at the same time")
+        backend.configure(n_jobs=-1)
+        backend.start_call()
+        try:
+            outs = [backend.submit(BatchedCalls([Task(pow, (i, 2), {})])) for i in range(n)]
+            return sum(backend.retrieve_result(out, timeout=10)[0] for out in outs)
+        finally:
+            backend.stop_call()
+            backend.terminate()
+
+    def die():
+        os._exit(3)
+
+    return fails, in_worker_store, nested_sum, die
+
+
+fails, in_worker_store, nested_sum, die = _worker_functions()
+
+
+# -- registry and arguments -----------------------------------------------------------
+def test_dask_registered_through_entry_point():
+    assert "dask" in available_backends()
+    backend = make_backend("dask", scatter_threshold="2M")
+    assert isinstance(backend, DaskBackend)
+    assert backend.scatter_threshold == 2 * 1024**2
+
+
+def test_dask_capability_flags():
+    b = DaskBackend()
+    assert (b.supports_timeout, b.supports_return_generator, b.supports_auto_batching) == (True,) * 3
+    assert (b.uses_threads, b.supports_sharedmem, b.supports_transport_hooks) == (False,) * 3
+    assert not b.supports_inner_max_num_threads
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"bogus": 1}, TypeError, "bogus.*accepted: client, scheduler_address"),
+        ({"scheduler_address": 8786}, TypeError, "scheduler_address must be"),
+        ({"client": "tcp://x:1"}, TypeError, "client must be a distributed.Client"),
+        ({"scatter_threshold": "lots"}, ValueError, "scatter_threshold='lots' is not a size"),
+        ({"scatter_threshold": -1}, ValueError, "scatter_threshold must be >= 0"),
+    ],
+)
+def test_dask_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DaskBackend(**kwargs)
+
+
+def test_dask_configure_rejects_unknown_kwargs(client):
+    with pytest.raises(TypeError, match="unexpected arguments \\['initializer'\\]"):
+        DaskBackend(client=client).configure(n_jobs=2, initializer=print)
+
+
+def test_dask_no_client_error_says_how_to_start_one(monkeypatch):
+    monkeypatch.delenv("PAR_DASK_SCHEDULER", raising=False)
+    with pytest.raises(ValueError) as info:
+        DaskBackend().configure(n_jobs=2)
+    msg = str(info.value)
+    assert "from distributed import Client; client = Client()" in msg
+    assert "scheduler_address=" in msg and "PAR_DASK_SCHEDULER" in msg
+
+
+def test_dask_unreachable_scheduler_names_the_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    address = f"tcp://127.0.0.1:{port}"
+    with pytest.raises(OSError, match=f"could not connect to the dask scheduler at '{address}'"):
+        DaskBackend(scheduler_address=address, connect_timeout=1).configure(n_jobs=2)
+
+
+# -- the cluster ----------------------------------------------------------------------
+def test_dask_effective_n_jobs_counts_cluster_threads(client):
+    backend = DaskBackend(client=client)
+    assert backend.effective_n_jobs(-1) == 2
+    assert backend.effective_n_jobs(None) == 2
+    assert backend.effective_n_jobs(-2) == 1
+    assert backend.effective_n_jobs(-5) == 1
+    assert backend.effective_n_jobs(7) == 7
+    with pytest.raises(ValueError, match="n_jobs=0 is not allowed"):
+        backend.effective_n_jobs(0)
+
+
+def test_dask_uses_current_client(client):
+    with client.as_current():
+        backend = make_backend("dask")
+        assert backend.configure(n_jobs=-1) == 2
+        assert backend.get_client() is client
+        assert run_batches(backend, [one(abs, -3)]) == [[3]]
+
+
+def test_dask_env_var_names_the_scheduler(client, monkeypatch):
+    monkeypatch.setenv("PAR_DASK_SCHEDULER", client.scheduler.address)
+    backend = make_backend("dask")
+    try:
+        assert backend.configure(n_jobs=-1) == 2
+        assert backend.get_client().scheduler.address == client.scheduler.address
+        assert backend.get_client() is not client  # opened from the address, cached
+        assert DaskBackend().get_client() is backend.get_client()
+        assert run_batches(backend, [one(pow, 2, 5)]) == [[32]]
+    finally:
+        backend.terminate()
+        close_clients()
+
+
+def test_dask_runs_batches_in_order(backend):
+    batches = [BatchedCalls([Task(pow, (i, 2), {}) for i in range(j, j + 3)], None, j) for j in (0, 3, 6)]
+    assert run_batches(backend, batches) == [[0, 1, 4], [9, 16, 25], [36, 49, 64]]
+
+
+def test_dask_task_error_keeps_type_and_remote_traceback(backend):
+    backend.start_call()
+    try:
+        out = backend.submit(one(fails, 7))
+        with pytest.raises(KeyError, match="task failed on 7") as info:
+            backend.retrieve_result(out, timeout=30)
+        with pytest.raises(KeyError):
+            backend.retrieve_result_callback(out)
+    finally:
+        backend.stop_call()
+    text = "".join(traceback.format_exception(info.value))
+    assert "in fails" in text  # the worker's frame
+    assert 'raise KeyError(f"task failed on {x!r}")' in text
+
+
+def test_dask_abort_cancels_pending_futures(backend, client):
+    backend.start_call()
+    running = backend.submit(one(time.sleep, 0.5))
+    pending = [backend.submit(one(time.sleep, 1)) for _ in range(6)]
+    backend.abort_everything(ensure_ready=True)
+    backend.stop_call()
+    deadline = time.monotonic() + 10
+    while any(f.status != "cancelled" for f in pending) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(f.status == "cancelled" for f in pending)
+    with pytest.raises(distributed.CancelledError):
+        backend.retrieve_result_callback(pending[0])
+    del running, pending
+
+    def par_keys(dask_scheduler):
+        return [k for k in dask_scheduler.tasks if str(k).startswith("par-sleep")]
+
+    deadline = time.monotonic() + 10
+    while client.run_on_scheduler(par_keys) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.run_on_scheduler(par_keys) == []
+    # ensure_ready: the backend still works
+    assert run_batches(backend, [one(abs, -1)]) == [[1]]
+
+
+# -- arguments: scattered once per call -----------------------------------------------
+def test_dask_large_array_scattered_once(backend):
+    np = pytest.importorskip("numpy")
+    big = np.ones(200_000)  # 1.6 MB > 1 MiB
+    small = np.ones(10)
+    batches = [one(in_worker_store, big, small, i) for i in range(4)]
+    assert run_batches(backend, batches) == [[[True, False, False]]] * 4
+
+
+def test_dask_repeated_argument_scattered_from_second_batch(backend):
+    shared = list(range(5000))  # no known size, not small; repeated in every batch
+    batches = [one(in_worker_store, shared, list(range(i + 50))) for i in range(4)]
+    # the first batch carries it inline; from the second on it is scattered data
+    assert run_batches(backend, batches) == [[[False, False]]] + [[[True, False]]] * 3
+
+
+def test_dask_repeated_within_one_batch_stays_inline(backend):
+    shared = {"weights": list(range(3000))}
+    batch = BatchedCalls([Task(in_worker_store, (shared,), {}) for _ in range(3)])
+    assert run_batches(backend, [batch]) == [[[False], [False], [False]]]
+
+
+def test_dask_bytes_keyword_argument_scattered(backend):
+    payload = b"x" * (2 * 1024**2)
+    batch = BatchedCalls([Task(in_worker_store, (), {"data": payload}) for _ in range(2)])
+    assert run_batches(backend, [batch]) == [[[True], [True]]]
+
+
+def test_dask_scatter_threshold_none_never_scatters(client):
+    backend = DaskBackend(client=client, scatter_threshold=None)
+    backend.configure(n_jobs=2)
+    payload = b"y" * (2 * 1024**2)
+    assert run_batches(backend, [one(in_worker_store, payload) for _ in range(3)]) == [[[False]]] * 3
+
+
+# -- nesting, pickling, dead workers --------------------------------------------------
+def test_dask_backend_pickles_without_client(backend, client):
+    clone = pickle.loads(pickle.dumps(backend))
+    assert clone.client is None
+    assert clone.scheduler_address == client.scheduler.address
+    nested, n_jobs = backend.get_nested_backend()
+    assert isinstance(nested, DaskBackend) and n_jobs is None
+    assert pickle.loads(pickle.dumps(nested)).scheduler_address == client.scheduler.address
+
+
+def test_dask_nested_calls_secede_instead_of_deadlocking(backend, client):
+    # Two outer tasks, one pinned to each worker, hold both worker threads; their inner
+    # tasks can only run if the waiting outer tasks leave the thread pool.
+    nested, _ = backend.get_nested_backend()
+    names = [f"par-test-outer-{i}-{time.monotonic_ns()}" for i in range(2)]
+    batches = [one(nested_sum, nested, 4, names[0], names[1]), one(nested_sum, nested, 4, names[1], names[0])]
+    workers = sorted(client.nthreads())
+    assert len(workers) == 2
+    futures = [
+        client.submit(batch, workers=[worker], allow_other_workers=False, pure=False)
+        for batch, worker in zip(batches, workers, strict=True)
+    ]
+    assert [f.result(timeout=60) for f in futures] == [[14], [14]]
+
+
+@pytest.mark.slow
+def test_dask_dead_worker_raises_worker_died_error(backend, client):
+    backend.start_call()
+    try:
+        out = backend.submit(one(die))
+        with client.as_current():
+            distributed.wait([out], timeout=60)
+        with pytest.raises(WorkerDiedError, match=r"died 1 times.*allowed-failures=0") as info:
+            backend.retrieve_result_callback(out)
+    finally:
+        backend.stop_call()
+    assert isinstance(info.value.__cause__, distributed.KilledWorker)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+    assert run_batches(backend, [one(abs, -2)]) == [[2]]
+
+
+def test_dask_unknown_backend_error_names_the_package():
+    # par_api's registry knows which package provides 'dask'; here it is installed, so
+    # the check is that another unknown name is refused with the list of backends.
+    with pytest.raises(BackendNotAvailableError, match="dask"):
+        make_backend("dask-typo")

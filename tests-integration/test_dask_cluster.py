@@ -1,0 +1,334 @@
+"""par on a real dask cluster started from the command line: `dask scheduler` and two
+`dask worker` processes (one thread each) on loopback ports, driven through
+par.Parallel with backend='dask'.
+
+The processes are started in their own process groups and killed at the end of the
+module, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+pytest.importorskip("par_backends_dask")
+
+from par import Parallel, delayed, parallel_config  # noqa: E402
+from par_backends_dask import close_clients  # noqa: E402
+
+pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args: list[str], log) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dask", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killed as a whole at the end
+    )
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; make sure no child (the worker under the nanny) survives
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory):
+    """(address, client) of a scheduler and two workers started with the dask CLI."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("dask-cli") / "cluster.log"
+    procs: list[subprocess.Popen] = []
+    client = None
+    with open(log_path, "wb") as log:
+        try:
+            procs.append(
+                _spawn(["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], log)
+            )
+            for i in range(2):
+                procs.append(
+                    _spawn(
+                        [
+                            "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                            "--no-dashboard", "--name", f"par-test-{i}", "--death-timeout", "60",
+                        ],
+                        log,
+                    )
+                )  # fmt: skip
+            client = distributed.Client(address, timeout=60, set_as_default=False)
+            client.wait_for_workers(2, timeout=60)
+            yield address, client
+        except BaseException:
+            log.flush()
+            print(log_path.read_text(errors="replace")[-5000:])
+            raise
+        finally:
+            close_clients()
+            if client is not None:
+                client.close(timeout=10)
+            for proc in reversed(procs):
+                _kill_group(proc)
+
+
+@pytest.fixture()
+def cluster(cli_cluster):
+    _, client = cli_cluster
+    client.wait_for_workers(2, timeout=60)  # after a test that killed one
+    return cli_cluster
+
+
+def _par_tasks(client):
+    """Keys of par batches still queued or running on the cluster (a failed batch stays
+    known, in state 'erred', while its exception is referenced)."""
+
+    def pending(dask_scheduler):
+        return [
+            k
+            for k, ts in dask_scheduler.tasks.items()
+            if str(k).startswith("par-") and ts.state in ("waiting", "queued", "processing", "no-worker")
+        ]
+
+    return client.run_on_scheduler(pending)
+
+
+def _wait_no_par_tasks(client, timeout=15):
+    deadline = time.monotonic() + timeout
+    while _par_tasks(client) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _par_tasks(client)
+
+
+# -- functions run on the workers -----------------------------------------------------
+def _worker_functions():
+    """The functions the tests send to the workers, defined in a closure (using no other
+    name of this module) so that distributed pickles them by value with cloudpickle:
+    the workers cannot import this test module."""
+
+    def square_pid(x):
+        return x * x, os.getpid()
+
+    def fail_on(x, bad, release):
+        if x == bad:
+            raise LookupError(f"no item {x}")
+        distributed.Event(release).wait(timeout=20)  # blocks until the test releases it
+        return x
+
+    def inner_sum(n, me, other):
+        # Wait (a little) for the other outer task, so that usually both worker threads
+        # are held when the inner calls start (the unit tests pin this case exactly).
+        distributed.Event(me).set()
+        distributed.Event(other).wait(timeout=5)
+        return sum(Parallel()(delayed(pow)(i, 2) for i in range(n)))
+
+    def slow_pid(x, seconds):
+        time.sleep(seconds)
+        return x, os.getpid()
+
+    def nbytes_of(a, i):
+        return int(a.nbytes) + i
+
+    return square_pid, fail_on, inner_sum, slow_pid, nbytes_of
+
+
+square_pid, fail_on, inner_sum, slow_pid, nbytes_of = _worker_functions()
+
+
+# -- tests ----------------------------------------------------------------------------
+def test_dask_scheduler_address_and_all_threads(cluster):
+    address, client = cluster
+    workers = set(client.run(os.getpid).values())
+    with parallel_config(backend="dask", scheduler_address=address):
+        with Parallel(n_jobs=-1) as parallel:
+            assert parallel._effective_n_jobs == 2
+            out = parallel(delayed(square_pid)(i) for i in range(20))
+    assert [r for r, _ in out] == [i * i for i in range(20)]
+    assert {pid for _, pid in out} <= workers
+
+
+def test_dask_current_client(cluster):
+    address, _ = cluster
+    with distributed.Client(address, timeout=30) as client, parallel_config(backend="dask"):
+        assert client is distributed.get_client()
+        assert Parallel()(delayed(abs)(-i) for i in range(6)) == list(range(6))
+
+
+def test_dask_client_instance(cluster):
+    _, client = cluster
+    with parallel_config(backend="dask", client=client):
+        assert Parallel(n_jobs=2)(delayed(pow)(2, i) for i in range(5)) == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.slow
+def test_dask_env_vars_switch_backend_without_code_change(cluster):
+    address, client = cluster
+    workers = set(client.run(os.getpid).values())
+    script = (
+        "import os\n"
+        "from par import Parallel, delayed\n"
+        "print(sorted(set(Parallel(n_jobs=-1)(delayed(os.getpid)() for _ in range(8)))))\n"
+        "print(os.getpid())\n"
+    )
+    env = dict(os.environ, PAR_BACKEND="dask", PAR_DASK_SCHEDULER=address)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pids_line, own_pid = proc.stdout.strip().splitlines()[-2:]
+    pids = set(eval(pids_line))  # a list of ints printed by the child
+    assert pids and pids <= workers
+    assert int(own_pid) not in pids
+
+
+def test_dask_error_type_traceback_and_cancel(cluster):
+    _, client = cluster
+    release = distributed.Event(f"par-it-release-{time.monotonic_ns()}", client=client)
+    try:
+        with parallel_config(backend="dask", client=client):
+            with pytest.raises(LookupError, match="no item 0") as info:
+                Parallel(n_jobs=2, batch_size=1)(delayed(fail_on)(i, 0, release.name) for i in range(40))
+        text = "".join(traceback.format_exception(info.value))
+        assert "in fail_on" in text and 'raise LookupError(f"no item {x}")' in text
+        # The other batches block until released: they leave the cluster only because
+        # the first error cancelled them.
+        assert _wait_no_par_tasks(client, timeout=10) == []
+    finally:
+        release.set()
+
+
+def test_dask_timeout_is_honoured(cluster):
+    _, client = cluster
+    release = distributed.Event(f"par-it-release-{time.monotonic_ns()}", client=client)
+    t0 = time.monotonic()
+    try:
+        with parallel_config(backend="dask", client=client):
+            with pytest.raises(TimeoutError):
+                Parallel(n_jobs=2, timeout=0.5, batch_size=1)(
+                    delayed(fail_on)(i, -1, release.name) for i in range(6)
+                )
+        assert time.monotonic() - t0 < 15  # generous: "does not hang"
+        assert _wait_no_par_tasks(client, timeout=10) == []  # cancelled, not finished
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_dask_return_as_generators(cluster, return_as):
+    _, client = cluster
+    with parallel_config(backend="dask", client=client):
+        gen = Parallel(n_jobs=2, return_as=return_as)(delayed(pow)(i, 2) for i in range(30))
+        assert not isinstance(gen, list)
+        out = list(gen)
+    if return_as == "generator":
+        assert out == [i * i for i in range(30)]
+    else:
+        assert sorted(out) == [i * i for i in range(30)]
+
+
+def test_dask_nested_parallel_does_not_deadlock(cluster):
+    _, client = cluster
+    names = [f"par-it-outer-{i}-{time.monotonic_ns()}" for i in range(2)]
+    with parallel_config(backend="dask", client=client):
+        out = Parallel(n_jobs=2, batch_size=1)(
+            [delayed(inner_sum)(5, names[0], names[1]), delayed(inner_sum)(5, names[1], names[0])]
+        )
+    assert out == [30, 30]
+
+
+def _count_bytes_to(address, monkeypatch):
+    """Count the bytes this process writes to ``address`` over TCP (distributed's
+    TCP.write returns the number of bytes it wrote)."""
+    from distributed.comm.tcp import TCP
+
+    counter = {"bytes": 0}
+    original = TCP.write
+
+    async def write(self, msg, *args, **kwargs):
+        n = await original(self, msg, *args, **kwargs)
+        if self.peer_address == address:
+            counter["bytes"] += n
+        return n
+
+    monkeypatch.setattr(TCP, "write", write)
+    return counter
+
+
+def test_dask_large_array_sent_once(cluster, monkeypatch):
+    np = pytest.importorskip("numpy")
+    address, _ = cluster
+    # a client of its own, created after the counter, so its connections are counted
+    counter = _count_bytes_to(address, monkeypatch)
+    a = np.ones(1_000_000)  # 8 MB
+    with distributed.Client(address, timeout=30, set_as_default=False) as client:
+        with parallel_config(backend="dask", client=client):
+            before = counter["bytes"]
+            out = Parallel(n_jobs=2, batch_size=1)(delayed(nbytes_of)(a, i) for i in range(10))
+            scattered = counter["bytes"] - before
+            before = counter["bytes"]
+            with parallel_config(backend="dask", client=client, scatter_threshold=None):
+                inline = Parallel(n_jobs=2, batch_size=1)(delayed(nbytes_of)(a, i) for i in range(10))
+            not_scattered = counter["bytes"] - before
+    assert out == inline == [a.nbytes + i for i in range(10)]
+    assert a.nbytes <= scattered < 2 * a.nbytes  # once
+    assert not_scattered >= 10 * a.nbytes  # with every task
+
+
+@pytest.mark.slow
+def test_dask_worker_killed_mid_call_is_rerun(cluster):
+    _, client = cluster
+    pids = client.run(os.getpid)  # worker address -> pid of the worker process
+    with parallel_config(backend="dask", client=client):
+        gen = Parallel(n_jobs=2, batch_size=1, return_as="generator")(
+            delayed(slow_pid)(i, 1.5) for i in range(4)
+        )
+        # wait until a worker is running one of the tasks, then SIGKILL that worker
+        victim = None
+        deadline = time.monotonic() + 20
+        while victim is None and time.monotonic() < deadline:
+            for worker, keys in client.processing().items():
+                if any(str(k).startswith("par-slow_pid") for k in keys) and worker in pids:
+                    victim = pids[worker]
+                    break
+            time.sleep(0.05)
+        assert victim is not None, "no task started on the cluster"
+        time.sleep(0.3)  # mid-task
+        os.kill(victim, signal.SIGKILL)
+        out = list(gen)  # dask reruns the lost task: the call completes
+    assert [x for x, _ in out] == [0, 1, 2, 3]
+    assert victim not in {pid for _, pid in out}
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+
+
+def test_dask_no_thread_left_behind_by_calls(cluster):
+    _, client = cluster
+    before = threading.active_count()
+    with parallel_config(backend="dask", client=client):
+        for _ in range(3):
+            assert Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(10)) == list(range(10))
+    assert threading.active_count() <= before + 1  # dask's callback thread may start once
