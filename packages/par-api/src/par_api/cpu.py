@@ -13,6 +13,7 @@ fake ``/sys``-style tree.
 from __future__ import annotations
 
 import math
+import time
 import os
 from pathlib import Path
 
@@ -140,7 +141,21 @@ def cpu_count(only_physical_cores: bool = False) -> int:
         raise TypeError(
             f"cpu_count(only_physical_cores=...): expected True or False, got {only_physical_cores!r}"
         )
-    return _cpu_count(_ROOT, only_physical_cores)
+    cpus = _affinity()
+    key = (len(cpus) if cpus else None, only_physical_cores)
+    now = time.monotonic()
+    cached = _CACHE.get(key)
+    if cached is not None and now - cached[0] < _CACHE_SECONDS:
+        return cached[1]
+    value = _cpu_count(_ROOT, only_physical_cores)
+    _CACHE[key] = (now, value)
+    return value
+
+
+#: cgroup quotas and the topology are read from files (~0.4 ms): every Parallel call
+#: asks several times, so the answer is kept for a few seconds per affinity mask size.
+_CACHE: dict[tuple[int | None, bool], tuple[float, int]] = {}
+_CACHE_SECONDS = 5.0
 
 
 def _cpu_count(root: Path | str, only_physical_cores: bool) -> int:
