@@ -1,0 +1,746 @@
+"""The workloads of the par-vs-joblib benchmark (issue 8).
+
+Each workload is a function ``run(lib, params) -> dict[str, float]`` that runs one
+repetition in the current process and returns its metrics. ``lib`` is ``"par"`` or
+``"joblib"``; the only difference between the two is the module that ``Parallel``,
+``delayed``, ``parallel_config`` and ``cpu_count`` come from (:func:`api`). Some
+workloads also accept ``"mpire"`` (a third reference library, where the issue or the
+comparison needs one); references that the issue names inside a workload (a
+sequential loop, ``concurrent.futures.ThreadPoolExecutor``) run in the same process
+as the library and are reported as extra metrics of the same repetition.
+
+``WORKLOADS`` describes every workload: its parameters (full and ``--quick`` sizes),
+its metrics (unit, whether lower or higher is better) and its targets. A target is
+either a ``"ratio"`` (the median of the per-repetition ratios par/joblib) or a
+``"par"`` value (par's own median, e.g. the speed-up over a sequential loop).
+
+Unless a workload says otherwise, the pool is warmed up with one small call before the
+measured section, so that the metric is the cost of the call itself; ``first_call``
+measures the start-up.
+
+This module is imported by ``worker.py`` (in a fresh subprocess per repetition) and by
+``run.py`` / ``chart.py`` (for the descriptions only: importing it imports neither
+library nor numpy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+N_JOBS = 2
+
+# --------------------------------------------------------------------------- tasks
+# Module-level task functions: importable by reference in the workers.
+
+
+def noop(x: Any) -> Any:
+    """The trivial task: returns its argument."""
+    return x
+
+
+def cpu_task(n: int) -> int:
+    """Pure-Python work, about 25 ms for the default ``n`` on the reference machine."""
+    s = 0
+    for i in range(n):
+        s += i * i % 7
+    return s
+
+
+def sleep_task(seconds: float) -> float:
+    """Sleeps ``seconds`` and returns it (tasks of a known duration that need no CPU)."""
+    time.sleep(seconds)
+    return seconds
+
+
+def sum_slice(arr: Any, start: int, stop: int) -> float:
+    """Sum of ``arr[start:stop]``."""
+    return float(arr[start:stop].sum())
+
+
+def make_array(i: int, n: int) -> Any:
+    """A float64 array of ``n`` items (``8 * n`` bytes), filled with ``i``."""
+    import numpy as np
+
+    return np.full(n, float(i))
+
+
+def size_of(obj: Any) -> int:
+    """``len(obj)``: a task that reads a large argument."""
+    return len(obj)
+
+
+def matmul_trace(a: Any, b: Any) -> float:
+    """Trace of ``a @ b`` (the product runs in BLAS threads)."""
+    return float((a @ b).trace())
+
+
+# A module-level lambda: plain pickle cannot send it by reference (its name is <lambda>).
+lambda_task = lambda x: x + 1  # noqa: E731
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def api(lib: str) -> ModuleType:
+    """The module that ``Parallel``/``delayed``/``parallel_config``/``cpu_count`` come from."""
+    if lib == "par":
+        import par as module
+    elif lib == "joblib":
+        import joblib as module
+    else:
+        raise ValueError(f"lib must be 'par' or 'joblib' for this workload, got {lib!r}")
+    return module
+
+
+def warm_up(m: ModuleType, **kwargs: Any) -> None:
+    """One small call, so that the measured call finds the pool already started."""
+    m.Parallel(n_jobs=N_JOBS, **kwargs)(m.delayed(noop)(i) for i in range(2 * N_JOBS))
+
+
+def _mpire_pool(**kwargs: Any) -> Any:
+    from mpire import WorkerPool
+
+    return WorkerPool(n_jobs=N_JOBS, **kwargs)
+
+
+class PeakMemory:
+    """Samples the summed memory of this process and all its descendants in a thread.
+
+    ``rss_mb`` is the peak of the summed RSS (what the issue asks for; pages shared
+    between processes, such as a memmapped array, count once per process), ``pss_mb``
+    the peak of the summed PSS (shared pages split between the processes that map them,
+    so the sum is the real footprint; Linux only). Both are 0.0 when psutil is missing.
+    """
+
+    def __init__(self, interval: float = 0.02, pss: bool = True) -> None:
+        self.interval = interval
+        self.pss = pss
+        self.rss_mb = 0.0
+        self.pss_mb = 0.0
+        self.base_rss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self, root: Any) -> tuple[float, float]:
+        import psutil
+
+        rss = pss = 0.0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0, 0.0
+        for p in procs:
+            try:
+                if self.pss:
+                    info = p.memory_full_info()
+                    rss += info.rss
+                    pss += getattr(info, "pss", 0)
+                else:
+                    rss += p.memory_info().rss
+            except psutil.Error:
+                continue
+        return rss / 2**20, pss / 2**20
+
+    def _loop(self, root: Any) -> None:
+        while not self._stop.wait(self.interval):
+            rss, pss = self._sample(root)
+            self.rss_mb = max(self.rss_mb, rss)
+            self.pss_mb = max(self.pss_mb, pss)
+
+    def __enter__(self) -> PeakMemory:
+        try:
+            import psutil
+        except ImportError:
+            return self
+        root = psutil.Process(os.getpid())
+        self.base_rss_mb, _ = self._sample(root)
+        self.rss_mb, self.pss_mb = self._sample(root)
+        self._thread = threading.Thread(target=self._loop, args=(root,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+
+@contextlib.contextmanager
+def timer(out: dict[str, float], key: str) -> Iterator[None]:
+    """Stores the wall time of the block in ``out[key]`` (seconds)."""
+    gc.collect()
+    t0 = time.perf_counter()
+    yield
+    out[key] = time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def w_micro(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``n`` calls of a trivial module-level function: dispatch overhead and auto-batching."""
+    n, out = p["n"], {}
+    if lib == "mpire":
+        with _mpire_pool() as pool:
+            pool.map(noop, range(4))
+            with timer(out, "time_s"):
+                res = pool.map(noop, range(n))
+    else:
+        m = api(lib)
+        warm_up(m)
+        with timer(out, "time_s"):
+            res = m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(n))
+    assert len(res) == n and res[-1] == n - 1
+    out["us_per_task"] = out["time_s"] / n * 1e6
+    return out
+
+
+def w_micro_threads(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``n`` trivial calls with ``prefer='threads'``."""
+    n, out = p["n"], {}
+    m = api(lib)
+    warm_up(m, prefer="threads")
+    with timer(out, "time_s"):
+        res = m.Parallel(n_jobs=N_JOBS, prefer="threads")(m.delayed(noop)(i) for i in range(n))
+    assert len(res) == n
+    return out
+
+
+def w_cpu(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``tasks`` pure-Python tasks of ~25 ms: speed-up over a sequential loop in the same run."""
+    n, tasks, out = p["work"], p["tasks"], {}
+    with timer(out, "sequential_s"):
+        expected = [cpu_task(n) for _ in range(tasks)]
+    if lib == "mpire":
+        with _mpire_pool() as pool:
+            pool.map(noop, range(4))
+            with timer(out, "parallel_s"):
+                res = pool.map(cpu_task, [n] * tasks)
+    else:
+        m = api(lib)
+        warm_up(m)
+        with timer(out, "parallel_s"):
+            res = m.Parallel(n_jobs=N_JOBS)(m.delayed(cpu_task)(n) for _ in range(tasks))
+    assert res == expected
+    out["speedup"] = out["sequential_s"] / out["parallel_s"]
+    return out
+
+
+def w_many_calls(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``calls`` consecutive ``Parallel`` calls of 4 trivial tasks; then the same in one ``with``."""
+    calls, out = p["calls"], {}
+    m = api(lib)
+    warm_up(m)
+    with timer(out, "separate_s"):
+        for _ in range(calls):
+            m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(4))
+    with m.Parallel(n_jobs=N_JOBS) as par:
+        par(m.delayed(noop)(i) for i in range(4))
+        with timer(out, "context_s"):
+            for _ in range(calls):
+                par(m.delayed(noop)(i) for i in range(4))
+    out["separate_ms_per_call"] = out["separate_s"] / calls * 1e3
+    out["context_ms_per_call"] = out["context_s"] / calls * 1e3
+    return out
+
+
+def w_first_call(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """The import and the first call in a fresh process (pool start-up); then a second call."""
+    out: dict[str, float] = {}
+    with timer(out, "import_s"):
+        m = api(lib)
+    with timer(out, "first_call_s"):
+        m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(4))
+    with timer(out, "second_call_s"):
+        m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(4))
+    return out
+
+
+def _numpy_large(lib: str, p: dict[str, Any], **kwargs: Any) -> dict[str, float]:
+    import numpy as np
+
+    n, tasks, out = p["mb"] * 2**20 // 8, p["tasks"], {}
+    arr = np.arange(n, dtype=np.float64)
+    bounds = [(i * n // tasks, (i + 1) * n // tasks) for i in range(tasks)]
+    m = api(lib)
+    warm_up(m, **kwargs)
+    with PeakMemory() as mem, timer(out, "time_s"):
+        res = m.Parallel(n_jobs=N_JOBS, **kwargs)(m.delayed(sum_slice)(arr, a, b) for a, b in bounds)
+    assert abs(sum(res) - n * (n - 1) / 2) < 1e-6 * n * n
+    out["peak_rss_mb"] = mem.rss_mb
+    out["peak_pss_mb"] = mem.pss_mb
+    out["base_rss_mb"] = mem.base_rss_mb
+    return out
+
+
+def w_numpy_large(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """One large float64 array passed to 16 tasks summing disjoint slices (default memmapping)."""
+    return _numpy_large(lib, p)
+
+
+def w_numpy_large_nomemmap(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``numpy_large`` with memmapping disabled (``max_nbytes=None``): the array is pickled."""
+    return _numpy_large(lib, p, max_nbytes=None)
+
+
+def w_large_results(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``tasks`` tasks each returning a ``mb``-MB float64 array."""
+    tasks, n, out = p["tasks"], p["mb"] * 2**20 // 8, {}
+    if lib == "mpire":
+        with _mpire_pool() as pool:
+            pool.map(noop, range(4))
+            with PeakMemory(pss=False) as mem, timer(out, "time_s"):
+                res = pool.map(make_array, [(i, n) for i in range(tasks)], concatenate_numpy_output=False)
+    else:
+        m = api(lib)
+        warm_up(m)
+        with PeakMemory(pss=False) as mem, timer(out, "time_s"):
+            res = m.Parallel(n_jobs=N_JOBS)(m.delayed(make_array)(i, n) for i in range(tasks))
+    assert len(res) == tasks and res[-1][0] == tasks - 1 and res[-1].nbytes == n * 8
+    out["peak_rss_mb"] = mem.rss_mb
+    return out
+
+
+def w_generator_unordered(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``tasks`` sleeping tasks of 0-100 ms with ``return_as='generator_unordered'``."""
+    rng = random.Random(8)
+    durations = [rng.uniform(0.0, p["max_s"]) for _ in range(p["tasks"])]
+    out: dict[str, float] = {}
+    m = api(lib)
+    warm_up(m)
+    gc.collect()
+    t0 = time.perf_counter()
+    gen = m.Parallel(n_jobs=N_JOBS, return_as="generator_unordered")(
+        m.delayed(sleep_task)(d) for d in durations
+    )
+    got = [next(gen)]
+    out["first_result_s"] = time.perf_counter() - t0
+    got.extend(gen)
+    out["total_s"] = time.perf_counter() - t0
+    assert sorted(got) == sorted(durations)
+    out["ideal_total_s"] = sum(durations) / N_JOBS
+    return out
+
+
+def w_scaling(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``micro`` at growing sizes: the cost per task (µs) at each size."""
+    out: dict[str, float] = {}
+    m = api(lib)
+    warm_up(m)
+    for exp in p["exps"]:
+        n = 10**exp
+        gc.collect()
+        t0 = time.perf_counter()
+        res = m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(n))
+        out[f"us_per_task_1e{exp}"] = (time.perf_counter() - t0) / n * 1e6
+        assert len(res) == n
+        del res
+    ref = 4 if 4 in p["exps"] else min(p["exps"])  # the issue compares 10^6 with 10^4
+    out["flatness"] = out[f"us_per_task_1e{max(p['exps'])}"] / out[f"us_per_task_1e{ref}"]
+    return out
+
+
+def w_batch_adapt(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``fast`` no-op tasks then ``slow`` tasks of ``slow_s``: wall time against the ideal."""
+    out: dict[str, float] = {}
+    m = api(lib)
+    warm_up(m)
+    tasks = itertools.chain(
+        (m.delayed(noop)(i) for i in range(p["fast"])),
+        (m.delayed(sleep_task)(p["slow_s"]) for _ in range(p["slow"])),
+    )
+    with timer(out, "wall_s"):
+        res = m.Parallel(n_jobs=N_JOBS)(tasks)
+    assert len(res) == p["fast"] + p["slow"]
+    out["ideal_s"] = p["slow"] * p["slow_s"] / N_JOBS
+    out["wall_over_ideal"] = out["wall_s"] / out["ideal_s"]
+    return out
+
+
+_BIG_GLOBAL_SOURCE = """
+def uses_big_global(i):
+    return i + len(BIG_GLOBAL)
+"""
+
+
+def _big_object(mb: int) -> list[str]:
+    """About ``mb`` MB of Python objects: a list of 64-character strings (~113 bytes each)."""
+    n = mb * 2**20 // 113
+    return [f"{i:064d}" for i in range(n)]
+
+
+def w_closure_large(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``calls`` calls of a function of ``__main__`` that reads a 50 MB global, then of a closure.
+
+    ``uses_big_global`` is defined in the namespace of the script's ``__main__`` (this
+    process runs ``worker.py`` as a script), so it can only be sent by value, with the
+    global it reads; ``closure`` captures the same object in a cell. The results are
+    consumed through ``return_as='generator'`` and the call is abandoned after
+    ``budget_s`` seconds: a library that sends the object with every batch would take
+    many minutes for the 2,000 calls; the tasks per second are those completed in time.
+    """
+    calls, out = p["calls"], {}
+    main = sys.modules["__main__"]
+    big = _big_object(p["mb"])
+    main.BIG_GLOBAL = big  # type: ignore[attr-defined]
+    exec(_BIG_GLOBAL_SOURCE, main.__dict__)
+    uses_big_global: Callable[[int], int] = main.uses_big_global  # type: ignore[attr-defined]
+
+    def closure(i: int) -> int:
+        return i + len(big)
+
+    m = api(lib)
+    for name, func in (("main_global", uses_big_global), ("closure", closure)):
+        warm_up(m)  # also restarts a pool that the abandoned call of the previous variant ended
+        gc.collect()
+        done = 0
+        t0 = time.perf_counter()
+        gen = m.Parallel(n_jobs=N_JOBS, return_as="generator")(m.delayed(func)(i) for i in range(calls))
+        for res in gen:
+            assert res == done + len(big)
+            done += 1
+            if time.perf_counter() - t0 > p["budget_s"]:
+                break
+        elapsed = time.perf_counter() - t0
+        gen.close()
+        out[f"{name}_s"] = elapsed
+        out[f"{name}_done"] = done
+        out[f"{name}_tasks_per_s"] = done / elapsed
+    return out
+
+
+def w_threads_overhead(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``n`` no-op tasks with ``backend='threading'``, against ``ThreadPoolExecutor(2).map``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, out = p["n"], {}
+    m = api(lib)
+    warm_up(m, backend="threading")
+    with timer(out, "threadpoolexecutor_s"), ThreadPoolExecutor(N_JOBS) as ex:
+        ref = list(ex.map(noop, range(n)))
+    with timer(out, "time_s"):
+        res = m.Parallel(n_jobs=N_JOBS, backend="threading")(m.delayed(noop)(i) for i in range(n))
+    assert res == ref
+    out["over_threadpoolexecutor"] = out["time_s"] / out["threadpoolexecutor_s"]
+    return out
+
+
+def w_large_dict(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """A dict of ``n`` int→str items passed as an argument to ``tasks`` tasks."""
+    d = {i: str(i) for i in range(p["n"])}
+    out: dict[str, float] = {}
+    m = api(lib)
+    warm_up(m)
+    with PeakMemory(pss=False) as mem, timer(out, "time_s"):
+        res = m.Parallel(n_jobs=N_JOBS)(m.delayed(size_of)(d) for _ in range(p["tasks"]))
+    assert res == [p["n"]] * p["tasks"]
+    out["peak_rss_mb"] = mem.rss_mb
+    return out
+
+
+def w_large_list(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """A list of ``n`` floats passed as an argument to ``tasks`` tasks."""
+    lst = [i * 0.5 for i in range(p["n"])]
+    out: dict[str, float] = {}
+    m = api(lib)
+    warm_up(m)
+    with PeakMemory(pss=False) as mem, timer(out, "time_s"):
+        res = m.Parallel(n_jobs=N_JOBS)(m.delayed(size_of)(lst) for _ in range(p["tasks"]))
+    assert res == [p["n"]] * p["tasks"]
+    out["peak_rss_mb"] = mem.rss_mb
+    return out
+
+
+def w_lambda_tasks(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``n`` tasks of a module-level lambda (sent by value: cloudpickle)."""
+    n, out = p["n"], {}
+    m = api(lib)
+    warm_up(m)
+    with timer(out, "time_s"):
+        res = m.Parallel(n_jobs=N_JOBS)(m.delayed(lambda_task)(i) for i in range(n))
+    assert res[-1] == n
+    return out
+
+
+def w_matmul(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``tasks`` BLAS products of ``size`` by ``size`` matrices with n_jobs=2.
+
+    ``default_s``: the library's default thread limits in the workers (BLAS threads =
+    cpu_count() // n_jobs); ``unlimited_s``: the limits lifted with
+    ``parallel_config(inner_max_num_threads=cpu_count())``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(8)
+    a = rng.random((p["size"], p["size"]))
+    b = rng.random((p["size"], p["size"]))
+    expected = float((a @ b).trace())
+    out: dict[str, float] = {}
+    m = api(lib)
+    warm_up(m)
+    with timer(out, "default_s"):
+        res = m.Parallel(n_jobs=N_JOBS)(m.delayed(matmul_trace)(a, b) for _ in range(p["tasks"]))
+    assert all(abs(r - expected) <= 1e-6 * abs(expected) for r in res)
+    # joblib accepts inner_max_num_threads only together with a backend name.
+    with m.parallel_config(backend="loky", inner_max_num_threads=m.cpu_count()):
+        warm_up(m)
+        with timer(out, "unlimited_s"):
+            res = m.Parallel(n_jobs=N_JOBS)(m.delayed(matmul_trace)(a, b) for _ in range(p["tasks"]))
+    assert all(abs(r - expected) <= 1e-6 * abs(expected) for r in res)
+    out["default_over_unlimited"] = out["default_s"] / out["unlimited_s"]
+    return out
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of a workload: its unit and whether lower values are better."""
+
+    unit: str
+    lower_is_better: bool = True
+    chart: bool = True  # drawn in the chart's panel of the workload
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target of the issue.
+
+    ``kind="ratio"``: the median of the per-repetition ratios par/joblib of ``metric``;
+    ``kind="par"``: par's own median of ``metric``. Met when ``value <op> threshold``.
+    """
+
+    metric: str
+    kind: str
+    op: str
+    threshold: float
+
+    def met(self, value: float | None) -> bool | None:
+        """Whether ``value`` meets the target (None when there is no value)."""
+        if value is None:
+            return None
+        return value <= self.threshold if self.op == "<=" else value >= self.threshold
+
+    def label(self) -> str:
+        """Human-readable form, e.g. ``ratio <= 0.3`` or ``par >= 1.9``."""
+        return f"{'ratio' if self.kind == 'ratio' else 'par'} {self.op} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A workload: its function, parameters, metrics and targets."""
+
+    name: str
+    func: Callable[[str, dict[str, Any]], dict[str, float]]
+    params: dict[str, Any]
+    quick: dict[str, Any]
+    metrics: dict[str, Metric]
+    targets: tuple[Target, ...] = ()
+    refs: tuple[str, ...] = ()  # extra libraries this workload runs (e.g. "mpire")
+    numpy: bool = False  # needs numpy (OPENBLAS_* variables are unset for it)
+    doc: str = field(default="")
+
+    def libs(self, wanted: list[str]) -> list[str]:
+        """The libraries of ``wanted`` that this workload runs, in the order given."""
+        return [lib for lib in wanted if lib in ("par", "joblib") or lib in self.refs]
+
+
+S = "s"
+_W: list[Workload] = [
+    Workload(
+        "micro",
+        w_micro,
+        {"n": 100_000},
+        {"n": 2_000},
+        {"time_s": Metric(S), "us_per_task": Metric("µs", chart=False)},
+        (Target("time_s", "ratio", "<=", 0.3),),
+        refs=("mpire",),
+    ),
+    Workload(
+        "micro_threads",
+        w_micro_threads,
+        {"n": 20_000},
+        {"n": 1_000},
+        {"time_s": Metric(S)},
+        (Target("time_s", "ratio", "<=", 0.2),),
+    ),
+    Workload(
+        "cpu",
+        w_cpu,
+        {"tasks": 48, "work": 350_000},
+        {"tasks": 8, "work": 50_000},
+        {
+            "sequential_s": Metric(S, chart=False),
+            "parallel_s": Metric(S, chart=False),
+            "speedup": Metric("x", lower_is_better=False),
+        },
+        (Target("speedup", "par", ">=", 1.9),),
+        refs=("mpire",),
+    ),
+    Workload(
+        "many_calls",
+        w_many_calls,
+        {"calls": 300},
+        {"calls": 10},
+        {
+            "separate_s": Metric(S),
+            "context_s": Metric(S),
+            "separate_ms_per_call": Metric("ms", chart=False),
+            "context_ms_per_call": Metric("ms", chart=False),
+        },
+        (Target("separate_s", "ratio", "<=", 0.1), Target("context_s", "ratio", "<=", 0.1)),
+    ),
+    Workload(
+        "first_call",
+        w_first_call,
+        {},
+        {},
+        {"import_s": Metric(S), "first_call_s": Metric(S), "second_call_s": Metric(S)},
+        (Target("first_call_s", "ratio", "<=", 0.7),),
+    ),
+    Workload(
+        "numpy_large",
+        w_numpy_large,
+        {"mb": 160, "tasks": 16},
+        {"mb": 8, "tasks": 4},
+        {
+            "time_s": Metric(S),
+            "peak_rss_mb": Metric("MB"),
+            "peak_pss_mb": Metric("MB"),
+            "base_rss_mb": Metric("MB", chart=False),
+        },
+        (Target("time_s", "ratio", "<=", 1.0), Target("peak_rss_mb", "ratio", "<=", 1.0)),
+        numpy=True,
+    ),
+    Workload(
+        "numpy_large_nomemmap",
+        w_numpy_large_nomemmap,
+        {"mb": 160, "tasks": 16},
+        {"mb": 8, "tasks": 4},
+        {
+            "time_s": Metric(S),
+            "peak_rss_mb": Metric("MB"),
+            "peak_pss_mb": Metric("MB"),
+            "base_rss_mb": Metric("MB", chart=False),
+        },
+        numpy=True,
+    ),
+    Workload(
+        "large_results",
+        w_large_results,
+        {"tasks": 64, "mb": 2},
+        {"tasks": 8, "mb": 1},
+        {"time_s": Metric(S), "peak_rss_mb": Metric("MB")},
+        (Target("time_s", "ratio", "<=", 0.9),),
+        refs=("mpire",),
+        numpy=True,
+    ),
+    Workload(
+        "generator_unordered",
+        w_generator_unordered,
+        {"tasks": 40, "max_s": 0.1},
+        {"tasks": 6, "max_s": 0.02},
+        {"first_result_s": Metric(S), "total_s": Metric(S), "ideal_total_s": Metric(S, chart=False)},
+        (Target("first_result_s", "ratio", "<=", 0.9),),
+    ),
+    Workload(
+        "scaling",
+        w_scaling,
+        {"exps": [3, 4, 5, 6]},
+        {"exps": [2, 3]},
+        {
+            "us_per_task_1e2": Metric("µs"),
+            "us_per_task_1e3": Metric("µs"),
+            "us_per_task_1e4": Metric("µs"),
+            "us_per_task_1e5": Metric("µs"),
+            "us_per_task_1e6": Metric("µs"),
+            "flatness": Metric("x", chart=False),
+        },
+        (Target("us_per_task_1e6", "par", "<=", 0.5), Target("flatness", "par", "<=", 1.5)),
+    ),
+    Workload(
+        "batch_adapt",
+        w_batch_adapt,
+        {"fast": 5_000, "slow": 40, "slow_s": 0.05},
+        {"fast": 200, "slow": 4, "slow_s": 0.02},
+        {"wall_s": Metric(S), "ideal_s": Metric(S, chart=False), "wall_over_ideal": Metric("x", chart=False)},
+        (Target("wall_over_ideal", "par", "<=", 1.15),),
+    ),
+    Workload(
+        "closure_large",
+        w_closure_large,
+        {"calls": 2_000, "mb": 50, "budget_s": 10.0},
+        {"calls": 20, "mb": 2, "budget_s": 5.0},
+        {
+            "main_global_s": Metric(S, chart=False),
+            "closure_s": Metric(S, chart=False),
+            "main_global_done": Metric("tasks", chart=False),
+            "closure_done": Metric("tasks", chart=False),
+            "main_global_tasks_per_s": Metric("tasks/s", lower_is_better=False),
+            "closure_tasks_per_s": Metric("tasks/s", lower_is_better=False),
+        },
+        (
+            Target("main_global_tasks_per_s", "ratio", ">=", 50),
+            Target("closure_tasks_per_s", "ratio", ">=", 50),
+        ),
+    ),
+    Workload(
+        "threads_overhead",
+        w_threads_overhead,
+        {"n": 10_000},
+        {"n": 500},
+        {
+            "time_s": Metric(S),
+            "threadpoolexecutor_s": Metric(S),
+            "over_threadpoolexecutor": Metric("x", chart=False),
+        },
+        (Target("over_threadpoolexecutor", "par", "<=", 1.0),),
+    ),
+    Workload(
+        "large_dict",
+        w_large_dict,
+        {"n": 1_000_000, "tasks": 2},
+        {"n": 10_000, "tasks": 2},
+        {"time_s": Metric(S), "peak_rss_mb": Metric("MB")},
+    ),
+    Workload(
+        "large_list",
+        w_large_list,
+        {"n": 1_000_000, "tasks": 2},
+        {"n": 10_000, "tasks": 2},
+        {"time_s": Metric(S), "peak_rss_mb": Metric("MB")},
+    ),
+    Workload(
+        "lambda_tasks",
+        w_lambda_tasks,
+        {"n": 10_000},
+        {"n": 200},
+        {"time_s": Metric(S)},
+    ),
+    Workload(
+        "matmul",
+        w_matmul,
+        {"tasks": 4, "size": 1500},
+        {"tasks": 2, "size": 200},
+        {
+            "default_s": Metric(S),
+            "unlimited_s": Metric(S),
+            "default_over_unlimited": Metric("x", chart=False),
+        },
+        numpy=True,
+    ),
+]
+
+WORKLOADS: dict[str, Workload] = {w.name: w for w in _W}
