@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from par_api import WorkerDiedError
@@ -51,12 +51,15 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def describe_worker_death(exitcode: int | None, pid: int | None = None) -> str:
+def describe_worker_death(exitcode: int | None, pid: int | None = None, task: str | None = None) -> str:
     """A one-paragraph explanation of a worker's death from its exit code and pid.
 
-    ``exitcode`` is ``None`` when it could not be observed (e.g. on Windows).
+    ``exitcode`` is ``None`` when it could not be observed (e.g. on Windows); ``task``
+    (``'task 3 (function f)'``) says what it was running, when known.
     """
     who = f"A worker process (pid {pid})" if pid is not None else "A worker process"
+    if task:
+        who = f"{who} running {task}"
     if exitcode is None:
         what = (
             "died unexpectedly and its exit code is unknown. Common causes: it was killed for "
@@ -90,16 +93,18 @@ def worker_died_error(
     pid: int | None = None,
     cause: BaseException | None = None,
     extra: str = "",
+    task: str | None = None,
 ) -> WorkerDiedError:
     """Build the :class:`par_api.WorkerDiedError` for a dead worker.
 
     ``cause`` (e.g. loky's ``TerminatedWorkerError``) becomes ``__cause__``; ``extra``
-    is appended to the message.
+    is appended to the message. ``task`` describes what the worker was running
+    (``'task 3 (function f)'``): it is named in the message and kept as ``.task``.
     """
-    message = describe_worker_death(exitcode, pid)
+    message = describe_worker_death(exitcode, pid, task)
     if extra:
         message = f"{message} {extra}"
-    error = WorkerDiedError(message, exitcode=exitcode, pid=pid)
+    error = WorkerDiedError(message, exitcode=exitcode, pid=pid, task=task)
     if cause is not None:
         error.__cause__ = cause
     return error
@@ -119,13 +124,15 @@ def parse_exitcodes(message: str) -> list[int]:
 def diagnose(
     cause: BaseException,
     processes: Mapping[int, Any] | Iterable[Any] = (),
+    describe: Callable[[int | None], str | None] | None = None,
 ) -> WorkerDiedError:
     """Turn a pool's "a worker terminated" exception into a :class:`WorkerDiedError`.
 
     ``processes`` are the worker process objects (``pid`` and ``exitcode`` attributes, as
     :class:`multiprocessing.Process`) that were alive before the failure: the ones that
     have exited abnormally by now name the pid; otherwise the exit codes printed in the
-    message of ``cause`` are used.
+    message of ``cause`` are used. ``describe(pid)``, when given, says which task a dead
+    worker was running (None when unknown).
     """
     procs = list(processes.values()) if isinstance(processes, Mapping) else list(processes)
     dead: list[tuple[int | None, int | None]] = []
@@ -137,12 +144,18 @@ def diagnose(
         if code is not None and code != 0:
             dead.append((getattr(proc, "pid", None), code))
     if dead:
-        pid, code = dead[0]
+        if describe is not None:
+            # Name first a dead worker whose running task is known.
+            described = [(p, c, describe(p)) for p, c in dead]
+            described.sort(key=lambda item: item[2] is None)
+        else:
+            described = [(p, c, None) for p, c in dead]
+        pid, code, task = described[0]
         extra = ""
-        if len(dead) > 1:
-            others = ", ".join(f"pid {p} ({_code_text(c)})" for p, c in dead[1:])
+        if len(described) > 1:
+            others = ", ".join(f"pid {p} ({_code_text(c)})" for p, c, _ in described[1:])
             extra = f"Other workers that ended: {others}."
-        return worker_died_error(code, pid, cause=cause, extra=extra)
+        return worker_died_error(code, pid, cause=cause, extra=extra, task=task)
     codes = parse_exitcodes(str(cause))
     return worker_died_error(codes[0] if codes else None, None, cause=cause)
 

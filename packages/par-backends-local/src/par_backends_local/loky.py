@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Future
 from typing import Any
 
-from par_api import ParallelBackendBase, TransportHooks, cpu_count, normalize_n_jobs
+from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, cpu_count, normalize_n_jobs
 
-from . import _crash
+from . import _crash, _tracking
 from ._common import (
     adopt_remote_traceback,
     check_backend_kwargs,
@@ -96,6 +96,8 @@ class LokyBackend(ParallelBackendBase):
         self._executor_args: dict[str, Any] | None = None
         self._n_jobs: int | None = None
         self._workers: dict[int, Any] = {}
+        # token -> batch submitted and not finished, described only if a worker dies
+        self._batches: dict[int, Any] = {}
         self._lock = threading.Lock()
 
     # -- sizing -------------------------------------------------------------------
@@ -125,6 +127,7 @@ class LokyBackend(ParallelBackendBase):
         timeout = _check_timeout(merged.get("idle_worker_timeout", DEFAULT_IDLE_WORKER_TIMEOUT))
 
         steps = init_steps(
+            *_tracking.worker_steps(),
             (hooks.initializer, hooks.initargs) if hooks is not None else (None, ()),
             (user_init, user_initargs),
         )
@@ -164,6 +167,10 @@ class LokyBackend(ParallelBackendBase):
         pickling errors propagate) to a worker; return a future that the callback gets."""
         hooks = self.hooks
         payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
+        token = _tracking.tracker().new_token()
+        batches = self._batches
+        batches[token] = func
+        payload = _tracking.TrackedBatch(payload, token)
         executor = self._executor if self._executor is not None else self._get_executor()
         try:
             loky_future = executor.submit(payload)
@@ -183,8 +190,14 @@ class LokyBackend(ParallelBackendBase):
             try:
                 value = done.result()
             except BaseException as exc:
-                out.set_exception(self._translate(exc, known_workers))
+                error = self._translate(exc, known_workers, batches)
+                if not isinstance(error, WorkerDiedError):
+                    batches.pop(token, None)
+                # (after a worker death the descriptions stay until the end of the call:
+                # every pending batch fails, each error names the dead worker's task)
+                out.set_exception(error)
             else:
+                batches.pop(token, None)
                 out.set_result(value)
             if callback is not None:
                 callback(out)
@@ -193,11 +206,14 @@ class LokyBackend(ParallelBackendBase):
         return out
 
     @staticmethod
-    def _translate(exc: BaseException, workers: Mapping[int, Any]) -> BaseException:
+    def _translate(
+        exc: BaseException, workers: Mapping[int, Any], batches: Mapping[int, Any] | None = None
+    ) -> BaseException:
         from loky.process_executor import TerminatedWorkerError
 
         if isinstance(exc, TerminatedWorkerError):
-            return _crash.diagnose(exc, workers)
+            table = dict(batches) if batches is not None else {}
+            return _crash.diagnose(exc, workers, lambda pid: _tracking.tracker().describe_pid(pid, table))
         return adopt_remote_traceback(exc)
 
     def retrieve_result_callback(self, out: Any) -> Any:
@@ -210,6 +226,7 @@ class LokyBackend(ParallelBackendBase):
         with self._lock:
             self._executor = None
             self._workers = {}
+            self._batches = {}
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Kill the workers (a stuck task stops) and fail the pending batches; with
@@ -224,6 +241,7 @@ class LokyBackend(ParallelBackendBase):
         with self._lock:
             self._executor = None
             self._workers = {}
+            self._batches = {}
         if ensure_ready and self._executor_args is not None:
             self._get_executor()
 
@@ -235,7 +253,7 @@ class LokyBackend(ParallelBackendBase):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_executor", "_workers", "_lock", "parallel", "hooks", "_executor_args"):
+        for key in ("_executor", "_workers", "_batches", "_lock", "parallel", "hooks", "_executor_args"):
             state.pop(key, None)
         return state
 

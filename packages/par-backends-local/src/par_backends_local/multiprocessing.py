@@ -34,7 +34,7 @@ from typing import Any
 
 from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, normalize_n_jobs
 
-from . import _crash
+from . import _crash, _tracking
 from ._common import (
     adopt_remote_traceback,
     check_backend_kwargs,
@@ -100,6 +100,8 @@ class _PoolState:
         )
         self.lock = threading.Lock()
         self.pending: dict[int, tuple[Future[Any], Callable[[Any], None] | None]] = {}
+        # tracking token -> batch not finished, described only if a worker dies
+        self.batches: dict[int, Any] = {}
         self.counter = itertools.count()
         self.broken: WorkerDiedError | None = None
         self.closing = False
@@ -113,9 +115,10 @@ class _PoolState:
         self.watcher.start()
 
     # -- completion ---------------------------------------------------------------
-    def finish(self, key: int, ok: bool, value: Any) -> None:
+    def finish(self, key: int, ok: bool, value: Any, token: int = 0) -> None:
         with self.lock:
             entry = self.pending.pop(key, None)
+            self.batches.pop(token, None)
         if entry is None:  # already failed by the watcher or an abort
             return
         future, callback = entry
@@ -157,8 +160,13 @@ class _PoolState:
                 continue
             if self.closing:
                 return
+            with self.lock:
+                batches = dict(self.batches)
+            # Name first a dead worker whose running task is known.
+            tasks = {p.pid: _tracking.tracker().describe_pid(p.pid, batches) for p in dead}
+            dead.sort(key=lambda p: tasks[p.pid] is None)
             proc = dead[0]
-            exitcode, pid = _exitcode(proc), proc.pid
+            exitcode, pid, task = _exitcode(proc), proc.pid, tasks[proc.pid]
             extra = ""
             if len(dead) > 1:
                 extra = (
@@ -167,8 +175,8 @@ class _PoolState:
                     + "."
                 )
             with self.lock:  # from now on submit() starts a new pool instead
-                self.broken = _crash.worker_died_error(exitcode, pid, extra=extra)
-            self.fail_all(functools.partial(_crash.worker_died_error, exitcode, pid, extra=extra))
+                self.broken = _crash.worker_died_error(exitcode, pid, extra=extra, task=task)
+            self.fail_all(functools.partial(_crash.worker_died_error, exitcode, pid, extra=extra, task=task))
             # The pool would replace the worker but never finish its task: discard it.
             self.shutdown(kill=True, from_watcher=True)
             return
@@ -321,14 +329,12 @@ class MultiprocessingBackend(ParallelBackendBase):
             maxtasks = _check_maxtasks(maxtasks)
         ctx = resolve_context(self._context)
         steps = init_steps(
+            *_tracking.worker_steps(),
             (hooks.initializer, hooks.initargs) if hooks is not None else (None, ()),
             (user_init, user_initargs),
         )
         env = dict(hooks.env) if hooks is not None and hooks.env else {}
-        if env or steps:
-            initializer, initargs = setup_worker, (env, *steps)
-        else:
-            initializer, initargs = None, ()
+        initializer, initargs = setup_worker, (env, *steps)
         pool_args = (n, ctx, initializer, initargs, maxtasks)
         if self._state is not None:
             self._state.shutdown(kill=False)
@@ -356,6 +362,8 @@ class MultiprocessingBackend(ParallelBackendBase):
         worker; return a future that ``callback`` receives once, on success or failure."""
         hooks = self.hooks
         payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
+        token = _tracking.tracker().new_token()
+        payload = _tracking.TrackedBatch(payload, token)
         future: Future[Any] = Future()
         for _attempt in range(3):
             state = self._ready_state()
@@ -365,18 +373,20 @@ class MultiprocessingBackend(ParallelBackendBase):
                 # under this lock, then fails everything registered so far.
                 if state.broken is None and not state.closing:
                     state.pending[key] = (future, callback)
+                    state.batches[token] = func
                     break
         else:  # pragma: no cover - workers dying as fast as pools start
             raise RuntimeError("could not start a working multiprocessing pool: its workers keep dying")
         try:
             state.pool.apply_async(
                 payload,
-                callback=lambda value: state.finish(key, True, value),
-                error_callback=lambda exc: state.finish(key, False, exc),
+                callback=lambda value: state.finish(key, True, value, token),
+                error_callback=lambda exc: state.finish(key, False, exc, token),
             )
         except BaseException:
             with state.lock:
                 entry = state.pending.pop(key, None)
+                state.batches.pop(token, None)
             if entry is not None:
                 raise
             # The pool broke meanwhile and the future already carries that error.

@@ -5,16 +5,22 @@ is minimal: ``n_jobs`` threads started at ``configure`` pull ``(batch, result, c
 items from one :class:`queue.SimpleQueue`, and each batch gets a small
 :class:`ThreadResult` (no per-task lock or condition unless someone waits on it).
 
-A running thread cannot be stopped from outside in Python. When the scheduler's
-``timeout`` expires it raises in the caller and calls ``abort_everything``: the queued
-batches are dropped, the pool is replaced by a fresh one, and the thread still running
-the slow task keeps running until that task returns (then it exits on its own).
+A running thread cannot be killed from outside in Python. When the scheduler's
+``timeout`` expires (or a task fails, or Ctrl-C) it raises in the caller and calls
+``abort_everything``: the queued batches are dropped, the pool is replaced by a fresh
+one, and a thread still running an abandoned task is interrupted if it is executing
+Python code: :class:`TaskCancelled` is raised in it (``PyThreadState_SetAsyncExc``), so
+a task spinning in a Python loop stops within milliseconds instead of burning a CPU
+forever. A thread blocked in C (``time.sleep``, I/O, a lock, a native library) cannot be
+interrupted: the request is withdrawn after :data:`CANCEL_GRACE` seconds and that thread
+finishes its task, then exits on its own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -29,6 +35,54 @@ _logger = logging.getLogger(__name__)
 
 _PENDING, _OK, _FAILED = 0, 1, 2
 _waiter_lock = threading.Lock()
+
+#: Seconds ``abort_everything`` waits for interrupted threads to leave their task
+#: before withdrawing the interruption of those blocked in C code.
+CANCEL_GRACE = 0.1
+
+
+class TaskCancelled(BaseException):
+    """Raised inside a pool thread whose task was abandoned by an aborted call.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that ``except Exception`` in the
+    task does not swallow it. The caller never sees it: the call already failed with
+    the error that aborted it.
+    """
+
+
+def _async_raise(ident: int, exc_type: type[BaseException] | None) -> bool:
+    """Raise ``exc_type`` in thread ``ident`` at its next Python instruction (None
+    withdraws a pending one). False where the C API is not reachable (not CPython)."""
+    funcs = _set_async_exc()
+    if funcs is None:  # pragma: no cover - other interpreters
+        return False
+    raise_in, withdraw_in = funcs
+    count = raise_in(ident, exc_type) if exc_type is not None else withdraw_in(ident, None)
+    return bool(count == 1)
+
+
+_async_funcs: Any = None
+
+
+def _set_async_exc() -> Any:
+    """``(raise_in, withdraw_in)``: private ctypes prototypes of ``PyThreadState_SetAsyncExc``
+    (the second passes NULL), or None where ``ctypes.pythonapi`` does not exist."""
+    global _async_funcs
+    if _async_funcs is None:
+        try:
+            import ctypes
+
+            api = ctypes.pythonapi
+            raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+                ("PyThreadState_SetAsyncExc", api)
+            )
+            withdraw_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+                ("PyThreadState_SetAsyncExc", api)
+            )
+            _async_funcs = (raise_in, withdraw_in)
+        except (ImportError, AttributeError, OSError):  # pragma: no cover
+            _async_funcs = False
+    return _async_funcs or None
 
 
 class ThreadResult:
@@ -88,25 +142,37 @@ class ThreadResult:
 _STOP = None
 
 
-def _worker_loop(queue: SimpleQueue[Any]) -> None:
+def _worker_loop(queue: SimpleQueue[Any], running: set[int]) -> None:
     get = queue.get
-    while True:
-        item = get()
-        if item is _STOP:
-            return
-        func, out, callback = item
-        try:
-            value = func()
-        except BaseException as exc:
-            out._complete(_FAILED, exc)
-        else:
-            out._complete(_OK, value)
-        del func, item
-        if callback is not None:
+    ident = threading.get_ident()
+    try:
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            func, out, callback = item
+            running.add(ident)
             try:
-                callback(out)
-            except BaseException:  # a failing callback must not kill the worker thread
-                _logger.exception("par threading backend: the completion callback raised")
+                value = func()
+            except BaseException as exc:
+                running.discard(ident)
+                out._complete(_FAILED, exc)
+            else:
+                running.discard(ident)
+                out._complete(_OK, value)
+            del func, item
+            if callback is not None:
+                try:
+                    callback(out)
+                except TaskCancelled:
+                    raise
+                except BaseException:  # a failing callback must not kill the worker thread
+                    _logger.exception("par threading backend: the completion callback raised")
+    except TaskCancelled:
+        # Interrupted by an abort just after its task ended: this pool is discarded.
+        return
+    finally:
+        running.discard(ident)
 
 
 class _ThreadPool:
@@ -114,8 +180,12 @@ class _ThreadPool:
 
     def __init__(self, n: int) -> None:
         self.queue: SimpleQueue[Any] = SimpleQueue()
+        #: idents of the threads running a task now
+        self.running: set[int] = set()
         self.threads = [
-            threading.Thread(target=_worker_loop, args=(self.queue,), name=f"par-threading-{i}", daemon=True)
+            threading.Thread(
+                target=_worker_loop, args=(self.queue, self.running), name=f"par-threading-{i}", daemon=True
+            )
             for i in range(n)
         ]
         for thread in self.threads:
@@ -131,6 +201,22 @@ class _ThreadPool:
                 return items
             if item is not _STOP:
                 items.append(item)
+
+    def cancel_running(self, grace: float = CANCEL_GRACE) -> None:
+        """Interrupt the threads running a task (:class:`TaskCancelled` at their next Python
+        instruction); withdraw the interruption of those still inside their task after
+        ``grace`` seconds (blocked in C code, they finish the task normally)."""
+        current = threading.get_ident()
+        targets = [t.ident for t in self.threads if t.ident in self.running and t.ident != current]
+        targets = [ident for ident in targets if ident is not None and _async_raise(ident, TaskCancelled)]
+        if not targets:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(ident in self.running for ident in targets):
+            time.sleep(0.002)
+        for ident in targets:
+            if ident in self.running:
+                _async_raise(ident, None)
 
     def stop(self, join: bool) -> None:
         for _ in self.threads:
@@ -150,9 +236,9 @@ class ThreadingBackend(ParallelBackendBase):
     ``terminate`` stops the threads and joins them.
 
     Timeouts: ``supports_timeout`` is True because the scheduler enforces ``timeout``
-    itself (it raises in the caller), but a Python thread cannot be interrupted:
-    ``abort_everything`` drops the queued batches and swaps in a fresh pool, while a
-    thread already running a stuck task keeps running until the task returns.
+    itself (it raises in the caller). ``abort_everything`` drops the queued batches,
+    swaps in a fresh pool and interrupts the threads running a task in Python code
+    (:class:`TaskCancelled`); a thread blocked in C keeps running until its task returns.
     """
 
     uses_threads = True
@@ -227,6 +313,7 @@ class ThreadingBackend(ParallelBackendBase):
         if pool is not None:
             dropped = pool.drain()
             pool.stop(join=False)
+            pool.cancel_running()
             for _func, out, callback in dropped:
                 out._complete(_FAILED, CancelledError("the batch was cancelled: the call was aborted"))
                 if callback is not None:

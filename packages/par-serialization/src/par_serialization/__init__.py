@@ -5,6 +5,8 @@
   callables and classes pickle cannot send by reference; those are pickled once per
   call and unpickled once per worker per call.
 - ``SerializedBatch``: what is sent; calling it in the worker runs the batch.
+- ``UnpicklableExceptionError``: what the caller gets when a task raised an exception
+  that cannot be pickled back (it names the original type and message).
 - ``wrap_non_picklable_objects``: make one function or class travel by cloudpickle
   even under ``LOKY_PICKLER=pickle``.
 - ``LOKY_PICKLER``: environment variable naming the pickler module ("pickle",
@@ -13,7 +15,7 @@
 
 from .__about__ import __version__
 from ._batch import BatchSerializer, SerializedBatch
-from ._errors import ResultPicklingError, TaskPicklingError
+from ._errors import ResultPicklingError, TaskPicklingError, UnpicklableExceptionError
 from ._lookup import pickles_by_reference
 from ._picklers import (
     PICKLER_ENV_VAR,
@@ -33,6 +35,7 @@ __all__ = [
     "SerializedBatch",
     "SerializerStats",
     "TaskPicklingError",
+    "UnpicklableExceptionError",
     "__version__",
     "dumps",
     "get_pickler_name",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copyreg
+import io
 import os
 import pickle
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._errors import ResultPicklingError, TaskPicklingError
+from ._errors import ResultPicklingError, TaskPicklingError, UnpicklableExceptionError
 from ._lookup import describe_callable, type_name
 from ._picklers import (
     AUTO,
@@ -16,6 +18,7 @@ from ._picklers import (
     SerializerStats,
     Strategy,
     _choice_for,
+    _reduce_exception_portable,
     gc_paused,
     make_exception_picklable,
     resolve_pickler,
@@ -336,5 +339,138 @@ class SerializedBatch:
             results = batch_type(tasks, nested, index)()
         except BaseException as exc:
             make_exception_picklable(exc)
-            raise
-        return _pack_results(results, tasks, index, result_spec)
+            _annotate(exc, tasks, index)
+            portable = _portable_exception(exc)
+            if portable is exc:
+                raise
+            tb = exc.__traceback__
+            del exc
+        else:
+            return _pack_results(results, tasks, index, result_spec)
+        # Raised outside the except block: no __context__ holding the original (which
+        # could not be pickled, or would be pickled twice).
+        raise portable.with_traceback(tb)
+
+
+# -- exceptions raised by tasks: make sure they reach the parent -----------------------
+
+
+def _annotate(exc: BaseException, tasks: Any, index: int) -> None:
+    """A ``MemoryError`` says nothing by itself: say which task(s) ran out of memory."""
+    if not isinstance(exc, MemoryError):
+        return
+    try:
+        func = describe_callable(tasks[0][0]) if len(tasks) else None
+    except Exception:
+        func = None
+    n = len(tasks)
+    where = f"task {index}" if n == 1 else f"one of tasks {index} to {index + n - 1}"
+    text = (
+        f"par: {where} (function {func}) ran out of memory in worker process {os.getpid()}: it hit "
+        "a memory limit (resource.setrlimit, a container or cgroup limit) or the machine's memory"
+    )
+    if not exc.args:
+        exc.args = (text,)
+    elif hasattr(exc, "add_note"):
+        exc.add_note(text)
+
+
+class _ExceptionCarrier(Exception):
+    """Carries a task's exception that the pool could not send as is: a ``BaseException``
+    that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``: a
+    ``multiprocessing.Pool`` worker would die of it) or one that only cloudpickle can
+    pickle. Unpickled in the parent, it *is* the original exception again.
+
+    Instances are of a fresh subclass made by :func:`_make_carrier`, so that no reducer
+    registered with ``copyreg`` for exception classes (``tblib.pickling_support``, which
+    ``distributed`` installs, registers one for every exception class that exists) can
+    take precedence over ``__reduce__``.
+    """
+
+    def __init__(self, original: BaseException, blob: bytes) -> None:
+        super().__init__(f"{type_name(type(original))}: {original}")
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpack_exception, (self.blob,))
+
+
+def _make_carrier(original: BaseException, blob: bytes) -> _ExceptionCarrier:
+    cls = type("_ExceptionCarrier", (_ExceptionCarrier,), {"__module__": __name__, "__slots__": ()})
+    return cls(original, blob)
+
+
+def _unpack_exception(blob: bytes) -> BaseException:
+    exc = pickle.loads(blob)
+    if not isinstance(exc, BaseException):  # pragma: no cover - defensive
+        raise TypeError(f"expected a pickled exception, got {type(exc).__name__}")
+    return exc
+
+
+def _roundtrip(dumps: Callable[[Any], bytes], exc: BaseException) -> bytes:
+    blob = dumps(exc)
+    pickle.loads(blob)  # a class whose unpickling fails would break the pool's result thread
+    return blob
+
+
+def _std_dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _own_dumps(obj: Any) -> bytes:
+    """Plain pickle without the ``copyreg`` reducers that third parties registered for
+    exception classes (par's own are kept): the exception's own ``__reduce_ex__``."""
+    table = {
+        key: reducer
+        for key, reducer in copyreg.dispatch_table.items()
+        if reducer is _reduce_exception_portable
+        or not (isinstance(key, type) and issubclass(key, BaseException))
+    }
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = table
+    pickler.dump(obj)
+    return buffer.getvalue()
+
+
+def _portable_exception(exc: BaseException) -> BaseException:
+    """``exc`` itself when it is an ``Exception`` that pickles (as the pool will pickle it),
+    else an ``_ExceptionCarrier`` (pickled with plain pickle or cloudpickle), else an
+    ``UnpicklableExceptionError`` naming its type and message."""
+    reason: BaseException | None = None
+    if isinstance(exc, Exception):
+        try:
+            _roundtrip(_std_dumps, exc)
+        except Exception as first:
+            reason = first
+        else:
+            return exc
+    dumpers: list[Callable[[Any], bytes]] = [_own_dumps, _std_dumps]
+    try:
+        import cloudpickle
+
+        dumpers.append(cloudpickle.dumps)
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    for dumps in dumpers:
+        try:
+            blob = _roundtrip(dumps, exc)
+        except Exception as failed:
+            reason = reason or failed
+        else:
+            return _make_carrier(exc, blob)
+    tname = type_name(type(exc))
+    try:
+        message = str(exc)
+    except Exception as str_exc:
+        message = f"<str() failed: {type(str_exc).__name__}>"
+    why = f"{type(reason).__name__}: {reason}"
+    return UnpicklableExceptionError(
+        f"A task raised {tname}: {message} -- this exception could not be pickled to be sent back "
+        f"from the worker process ({why}), so it is reported as UnpicklableExceptionError. Its "
+        "traceback in the worker is shown above. Hint: raise exceptions whose arguments and "
+        "attributes are picklable.",
+        exc_type=tname,
+        exc_message=message,
+        reason=why,
+    )

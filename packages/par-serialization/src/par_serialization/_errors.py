@@ -59,3 +59,29 @@ class ResultPicklingError(pickle.PicklingError):
         self.function = function
         self.result_type = result_type
         self.task_index = task_index
+
+
+class UnpicklableExceptionError(Exception):
+    """A task raised an exception that could not be sent back from the worker process.
+
+    Neither pickle nor cloudpickle could carry it (a lock, an open file or a generator
+    among its attributes, a ``__reduce__`` that fails, ...), so par reports it as this
+    error instead of losing it or crashing the worker.
+
+    Attributes:
+        exc_type: qualified name of the original exception's type (``"mymod.MyError"``).
+        exc_message: ``str()`` of the original exception.
+        reason: why it could not be pickled (``"TypeError: cannot pickle '_thread.lock' object"``).
+
+    The worker's traceback of the original exception is attached by the pool as
+    ``__cause__`` (a ``RemoteTraceback``).
+    """
+
+    def __init__(self, message: str, exc_type: str = "", exc_message: str = "", reason: str = "") -> None:
+        super().__init__(message, exc_type, exc_message, reason)
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

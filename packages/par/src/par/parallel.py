@@ -165,7 +165,11 @@ class Parallel:
             # the worker's remaining budget (PAR_THREAD_BUDGET in process workers)
             cap = min(self._nested_cap, par_threadlimits.nested_budget(self._nested_cap))
             n_jobs = max(min(n_jobs, cap), 1)
-        if n_jobs == 1 and (backend.uses_threads or backend.supports_transport_hooks):
+        one_worker = n_jobs == 1 and not self._backend_kwargs
+        if one_worker and (backend.uses_threads or backend.supports_transport_hooks):
+            # One worker: run in the caller's thread. Not when backend arguments were given
+            # (initializer=...): they set up workers, so the chosen backend checks them
+            # (naming the accepted ones) and runs the tasks in its one worker.
             backend = make_backend("sequential")
         hooks = None
         if backend.supports_transport_hooks:
