@@ -106,18 +106,7 @@ ROWS = [
         TypeError,
         ["inner_max_num_threads"],
     ),
-    pytest.param(
-        "config-progress",
-        parallel_config,
-        {"progress": 42},
-        TypeError,
-        ["progress"],
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="par-api: parallel_config does not validate progress (par checks it only when a "
-            "Parallel is built); needs a duck-typed check in par_api.config.parallel_config",
-        ),
-    ),
+    ("config-progress", parallel_config, {"progress": 42}, TypeError, ["progress"]),
     ("config-param-no-backend", parallel_config, {"colour": 1}, TypeError, ["colour", "backend"]),
     ("config-backend-param", parallel_config, {"backend": "threading", "colour": 1}, TypeError, ["colour"]),
     # -- parallel_backend ----------------------------------------------------------

@@ -139,6 +139,19 @@ def check_temp_folder(temp_folder: Any) -> str | None:
     return os.fspath(temp_folder)
 
 
+def check_progress_value(progress: Any) -> Any:
+    """``progress`` is None, a bool, a tqdm-like object or class (with ``update``), or a
+    callable receiving progress events."""
+    if progress is None or isinstance(progress, bool) or callable(progress):
+        return progress
+    if callable(getattr(progress, "update", None)):
+        return progress
+    raise TypeError(
+        f"progress must be True/False/None, a tqdm-like object (with update()) or a callable "
+        f"receiving ProgressEvent objects; got {type(progress).__name__} {progress!r}"
+    )
+
+
 def parse_nbytes(max_nbytes: Any, name: str = "max_nbytes") -> int | None:
     """``max_nbytes`` as a number of bytes: an int, a float, or a string such as
     ``'1M'``, ``'500k'``, ``'2G'`` (powers of 1024); None disables memmapping."""
@@ -239,6 +252,8 @@ class parallel_config:
             parse_nbytes(layer["max_nbytes"])
         if "mmap_mode" in layer:
             check_mmap_mode(layer["mmap_mode"])
+        if "progress" in layer:
+            check_progress_value(layer["progress"])
         check_prefer_require(layer.get("prefer"), layer.get("require"))
         if inner_max_num_threads is not None:
             layer["inner_max_num_threads"] = _check_inner_max_num_threads(inner_max_num_threads)

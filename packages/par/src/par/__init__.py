@@ -21,7 +21,7 @@ from par_api import (
 )
 from par_memmap import dump, load
 from par_scheduler import ProgressEvent
-from par_serialization import wrap_non_picklable_objects
+from par_serialization import UnpicklableExceptionError, wrap_non_picklable_objects
 
 from .__about__ import __version__
 from .parallel import Parallel
@@ -34,6 +34,7 @@ __all__ = [
     "ProgressEvent",
     "RemoteTraceback",
     "TransportHooks",
+    "UnpicklableExceptionError",
     "WorkerDiedError",
     "__version__",
     "cpu_count",
