@@ -13,8 +13,8 @@ fake ``/sys``-style tree.
 from __future__ import annotations
 
 import math
-import time
 import os
+import time
 from pathlib import Path
 
 _ROOT = Path("/")
