@@ -167,6 +167,10 @@ def test_package(pkg: Package, python: Path, log: Path, cwd: Path, extra: list[s
         "-q", "-p", "no:cacheprovider", "--import-mode=importlib",
         "-c", os.devnull, "--rootdir", str(pkg.folder), "--confcutdir", str(pkg.folder),
         "-o", f"timeout={PER_TEST_TIMEOUT}",
+        # test modules are named tests.<x> (importlib mode): process workers import them
+        # to unpickle test functions, so the package folder must be on sys.path
+        "-o", f"pythonpath={pkg.folder}",
+        "-W", "ignore::pytest.PytestUnknownMarkWarning",
         *extra,
     ]  # fmt: skip
     return run_logged(cmd, log, cwd=cwd, env=clean_env())
