@@ -15,6 +15,7 @@
 
 from .__about__ import __version__
 from ._batch import BatchSerializer, SerializedBatch
+from ._blobs import BlobStore, TempBlobStore
 from ._errors import ResultPicklingError, TaskPicklingError, UnpicklableExceptionError
 from ._lookup import pickles_by_reference
 from ._picklers import (
@@ -31,10 +32,12 @@ from ._wrap import wrap_non_picklable_objects
 __all__ = [
     "PICKLER_ENV_VAR",
     "BatchSerializer",
+    "BlobStore",
     "ResultPicklingError",
     "SerializedBatch",
     "SerializerStats",
     "TaskPicklingError",
+    "TempBlobStore",
     "UnpicklableExceptionError",
     "__version__",
     "dumps",

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import _buffers
+from ._blobs import DEFAULT_BLOB_THRESHOLD, BlobStore, TempBlobStore
 from ._errors import ResultPicklingError, TaskPicklingError, UnpicklableExceptionError
 from ._lookup import describe_callable, type_name
 from ._picklers import (
@@ -23,6 +25,7 @@ from ._picklers import (
     make_exception_picklable,
     resolve_pickler,
 )
+from ._results import ResultSpec
 
 _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (
@@ -118,14 +121,33 @@ class BatchSerializer:
         pickler: str | None = None,
         protocol: int | None = None,
         result_reducers: Mapping[type, Callable[[Any], tuple[Any, ...]]] | None = None,
+        blob_store: BlobStore | None = None,
+        blob_threshold: int = DEFAULT_BLOB_THRESHOLD,
     ) -> None:
+        if blob_store is not None and not callable(getattr(blob_store, "put", None)):
+            raise TypeError(
+                "blob_store must be None or an object with a put(token: str, data: bytes) -> str "
+                f"method, got {type(blob_store).__name__}."
+            )
+        if not isinstance(blob_threshold, int) or isinstance(blob_threshold, bool) or blob_threshold < 0:
+            raise ValueError(f"blob_threshold must be an int >= 0 (bytes), got {blob_threshold!r}.")
+        self._own_store = TempBlobStore() if blob_store is None else None
+        self._blob_store: Any = blob_store if blob_store is not None else self._own_store
         self._reducers = _validate_reducers(reducers, "reducers")
         self._result_reducers = _validate_reducers(result_reducers, "result_reducers")
         self._protocol = _validate_protocol(protocol)
         self._choice = resolve_pickler(pickler)
         self._token_prefix = os.urandom(8).hex()
-        self._strategy = Strategy(self._choice, self._reducers, self._protocol, self._token_prefix)
-        self._result_spec = (self._choice.name, self._protocol, self._result_reducers)
+        self._strategy = Strategy(
+            self._choice,
+            self._reducers,
+            self._protocol,
+            self._token_prefix,
+            blob_store=self._blob_store,
+            blob_threshold=blob_threshold,
+        )
+        # lazy: a worker unpickles the reducers only if their types' modules are imported there
+        self._result_spec = ResultSpec.make(self._choice.name, self._protocol, self._result_reducers)
         self._lock = threading.Lock()
         self._batches = 0
 
@@ -160,19 +182,26 @@ class BatchSerializer:
         # where a NamedTuple such as par_api.Task goes through reducer_override and
         # __reduce_ex__ (2-10x slower for 100,000 small tasks). Workers unpack both alike.
         # Empty keyword dicts are shared: pickled once (memo), not once per task.
-        plain = [(f, a, k if k else _NO_KWARGS) for f, a, k in tasks]
+        # (tuple(task) is a C-level copy: cheaper than unpacking each task in Python.)
+        plain = list(map(tuple, tasks))
         record = (type(batch), plain, nested, index, self._result_spec)
         try:
-            payload = self._strategy.dumps(record)
+            # large buffers (numpy arrays' data) stay out of band: no copy until the pool
+            # pickles the SerializedBatch, which writes them once into its own message
+            payload, buffers = self._strategy.dumps_oob(record)
         except Exception as exc:
             raise self._diagnose(tasks, nested, index, exc) from exc
         with self._lock:
             self._batches += 1
-        return SerializedBatch(payload, len(tasks), index)
+        return SerializedBatch(payload, len(tasks), index, buffers)
 
     def close(self) -> None:
-        """Drop the cache of pickled callables (end of the call). The instance stays usable."""
+        """Drop the cache of pickled callables (end of the call) and remove the blobs of
+        large callables if this serializer made its own store (a store passed as
+        ``blob_store`` is the caller's to clean). The instance stays usable."""
         self._strategy.handler.clear()
+        if self._own_store is not None:
+            self._own_store.close()
 
     def __enter__(self) -> BatchSerializer:
         return self
@@ -232,8 +261,8 @@ class BatchSerializer:
         )
 
 
-def _load_results(blob: bytes) -> list[Any]:
-    return pickle.loads(blob)  # type: ignore[no-any-return]
+def _load_results(blob: bytes, *buffers: Any) -> list[Any]:
+    return pickle.loads(blob, buffers=_buffers.for_loads(buffers))  # type: ignore[no-any-return]
 
 
 class _PickledResults(list):  # type: ignore[type-arg]
@@ -243,20 +272,23 @@ class _PickledResults(list):  # type: ignore[type-arg]
     the bytes made in the worker, and unpickles in the parent as a plain list.
     """
 
-    __slots__ = ("_blob",)
+    __slots__ = ("_blob", "_buffers")
 
-    def __init__(self, results: list[Any], blob: bytes) -> None:
+    def __init__(self, results: list[Any], blob: bytes, buffers: Any = ()) -> None:
         super().__init__(results)
         self._blob = blob
+        self._buffers = tuple(buffers)  # protocol-5 out-of-band buffers of the results
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return (_load_results, (self._blob,))
+        return (_load_results, (self._blob, *_buffers.to_wire(self._buffers, protocol)))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_results, (self._blob,))
+        return self.__reduce_ex__(2)
 
 
-def _result_strategy(spec: tuple[str, int | None, Mapping[type, Reducer] | None]) -> Strategy:
+def _result_strategy(spec: ResultSpec | tuple[str, int | None, Mapping[type, Reducer] | None]) -> Strategy:
+    if isinstance(spec, ResultSpec):
+        return spec.strategy()
     name, protocol, reducers = spec
     choice = resolve_pickler("auto") if name == AUTO else _choice_for(name, "the parent's choice", "pickler")
     return Strategy(choice, reducers, protocol, token_prefix=None)
@@ -265,7 +297,7 @@ def _result_strategy(spec: tuple[str, int | None, Mapping[type, Reducer] | None]
 def _pack_results(results: list[Any], tasks: Any, index: int, spec: Any) -> _PickledResults:
     strategy = _result_strategy(spec)
     try:
-        blob = strategy.dumps(results)
+        blob, buffers = strategy.dumps_oob(results)
     except Exception as exc:
         position, culprit = 0, results
         for i, result in enumerate(results):
@@ -287,7 +319,7 @@ def _pack_results(results: list[Any], tasks: Any, index: int, spec: Any) -> _Pic
             result_type=tname,
             task_index=index + position,
         ) from exc
-    return _PickledResults(results, blob)
+    return _PickledResults(results, blob, buffers)
 
 
 class SerializedBatch:
@@ -302,31 +334,41 @@ class SerializedBatch:
     ``copyreg`` in the worker, so it comes back with its exact type and attributes.
     """
 
-    __slots__ = ("index", "n_tasks", "payload")
+    __slots__ = ("buffers", "index", "n_tasks", "payload")
 
-    def __init__(self, payload: bytes, n_tasks: int, index: int = 0) -> None:
+    def __init__(self, payload: bytes, n_tasks: int, index: int = 0, buffers: Any = ()) -> None:
         self.payload = payload
         self.n_tasks = n_tasks
         self.index = index
+        #: protocol-5 out-of-band buffers (``pickle.PickleBuffer`` in the parent, over the
+        #: arguments' memory; ``bytearray``/``bytes`` once received)
+        self.buffers = tuple(buffers)
 
     def __len__(self) -> int:
         return self.n_tasks
 
     @property
     def nbytes(self) -> int:
-        """Size of the pickled batch in bytes."""
-        return len(self.payload)
+        """Size of the pickled batch in bytes (the pickle and its out-of-band buffers)."""
+        return len(self.payload) + _buffers.total_size(self.buffers)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # protocol >= 5: the pool's pickler writes each buffer once, from the original memory
+        wire = _buffers.to_wire(self.buffers, protocol)
+        return (SerializedBatch, (self.payload, self.n_tasks, self.index, wire))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (SerializedBatch, (self.payload, self.n_tasks, self.index))
+        return self.__reduce_ex__(2)
 
     def __repr__(self) -> str:
-        return f"SerializedBatch(<{self.n_tasks} tasks from index {self.index}, {len(self.payload)} bytes>)"
+        return f"SerializedBatch(<{self.n_tasks} tasks from index {self.index}, {self.nbytes} bytes>)"
 
     def __call__(self) -> Any:
         try:
             with gc_paused():
-                batch_type, tasks, nested, index, result_spec = pickle.loads(self.payload)
+                batch_type, tasks, nested, index, result_spec = pickle.loads(
+                    self.payload, buffers=_buffers.for_loads(self.buffers)
+                )
         except Exception as exc:
             if hasattr(exc, "add_note"):
                 exc.add_note(

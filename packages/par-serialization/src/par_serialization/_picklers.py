@@ -29,6 +29,7 @@ from typing import Any
 
 import cloudpickle
 
+from . import _blobs
 from ._lookup import pickles_by_reference
 from ._wrap import _WRAPPED_CLASS_MARK, ByValueReducible, _class_holder, _swap_class
 
@@ -164,7 +165,9 @@ class _TokenCache:
         self.loads = 0
         self.hits = 0
 
-    def get_or_load(self, token: str, rebuild: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def get_or_load(
+        self, token: str, rebuild: Callable[..., Any], args: tuple[Any, ...], size: int | None = None
+    ) -> Any:
         with self._lock:
             entry = self._data.get(token)
             if entry is not None:
@@ -172,7 +175,8 @@ class _TokenCache:
                 self.hits += 1
                 return entry[0]
         obj = rebuild(*args)
-        size = sum(len(a) for a in args if isinstance(a, (bytes, bytearray)))
+        if size is None:
+            size = sum(len(a) for a in args if isinstance(a, (bytes, bytearray)))
         with self._lock:
             self.loads += 1
             if token not in self._data:
@@ -288,8 +292,12 @@ class _Handler:
         token_prefix: str | None,
         wrappers_only: bool,
         max_entries: int = 4096,
+        blob_store: Any = None,
+        blob_threshold: int = 2**20,
     ) -> None:
         self._blob_dumps = blob_dumps
+        self._blob_store = blob_store
+        self._blob_threshold = blob_threshold
         self._token_prefix = token_prefix
         self._wrappers_only = wrappers_only
         self._max_entries = max_entries
@@ -299,6 +307,7 @@ class _Handler:
         self._counter = itertools.count()
         self.by_value = 0
         self.hits = 0
+        self.stored = 0
 
     def _classify(self, tp: type) -> int:
         if issubclass(tp, ByValueReducible):
@@ -345,18 +354,34 @@ class _Handler:
                 if pickles_by_reference(obj):
                     rv: Any = NotImplemented
                 else:
-                    rv = (pickle.loads, (self._blob_dumps(obj),))
+                    blob = self._blob_dumps(obj)
                     self.by_value += 1
+                    if (
+                        self._blob_store is not None
+                        and self._token_prefix is not None
+                        and len(blob) > self._blob_threshold
+                    ):
+                        # large: written once per call, batches carry (token, path) only
+                        token = f"{self._token_prefix}-{next(self._counter)}"
+                        path = self._blob_store.put(token, blob)
+                        self.stored += 1
+                        rv = (_blobs.load_blob, (token, path, len(blob)))
+                        self._remember(obj, rv)
+                        return rv
+                    rv = (pickle.loads, (blob,))
             else:
                 rv = (_class_holder(obj) if isinstance(obj, type) else obj).__reduce__()
                 self.by_value += 1
             if rv is not NotImplemented and self._token_prefix is not None:
                 token = f"{self._token_prefix}-{next(self._counter)}"
                 rv = (_load_cached, (token, rv[0], tuple(rv[1])))
-            if len(self._entries) >= self._max_entries:
-                self._entries = {}
-            self._entries[id(obj)] = (obj, rv)
+            self._remember(obj, rv)
             return rv
+
+    def _remember(self, obj: Any, rv: Any) -> None:
+        if len(self._entries) >= self._max_entries:
+            self._entries = {}
+        self._entries[id(obj)] = (obj, rv)
 
     def clear(self) -> None:
         with self._lock:
@@ -372,18 +397,18 @@ class _Handler:
 class _FastPickler(pickle.Pickler):
     """C pickler + plain-dict dispatch table + the strategy's reducer_override."""
 
-    def __init__(self, file: io.BytesIO, strategy: Strategy) -> None:
+    def __init__(self, file: io.BytesIO, strategy: Strategy, buffer_callback: Any = None) -> None:
         self.dispatch_table = strategy.fast_table
-        super().__init__(file, strategy.protocol)
+        super().__init__(file, strategy.protocol, buffer_callback=buffer_callback)
         self.reducer_override = strategy.handler.reduce  # type: ignore[method-assign]
 
 
 class _CloudFallbackPickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle's Pickler with the strategy's reducers and per-call callable cache."""
 
-    def __init__(self, file: io.BytesIO, strategy: Strategy) -> None:
+    def __init__(self, file: io.BytesIO, strategy: Strategy, buffer_callback: Any = None) -> None:
         self.dispatch_table = strategy.cloud_table
-        super().__init__(file, protocol=strategy.protocol)
+        super().__init__(file, protocol=strategy.protocol, buffer_callback=buffer_callback)
         self._par_handler = strategy.handler
 
     def reducer_override(self, obj: Any) -> Any:
@@ -415,6 +440,8 @@ class Strategy:
         reducers: Mapping[type, Reducer] | None = None,
         protocol: int | None = None,
         token_prefix: str | None = None,
+        blob_store: Any = None,
+        blob_threshold: int = _blobs.DEFAULT_BLOB_THRESHOLD,
     ) -> None:
         self.choice = choice
         self.protocol = pickle.HIGHEST_PROTOCOL if protocol is None else protocol
@@ -422,7 +449,11 @@ class Strategy:
         self.fast_table: dict[type, Reducer] = {**copyreg.dispatch_table, **user}
         self.cloud_table: Mapping[type, Reducer] = ChainMap(user, cloudpickle.Pickler.dispatch_table)
         self.handler = _Handler(
-            self._dump_blob, token_prefix, wrappers_only=choice.name not in (AUTO, "cloudpickle")
+            self._dump_blob,
+            token_prefix,
+            wrappers_only=choice.name not in (AUTO, "cloudpickle"),
+            blob_store=blob_store,
+            blob_threshold=blob_threshold,
         )
         self.fallbacks = 0
         self._custom_class: Any = None
@@ -441,11 +472,32 @@ class Strategy:
         _BlobPickler(buf, self).dump(obj)
         return buf.getvalue()
 
-    def _dump(self, pickler_class: Any, obj: Any) -> bytes:
+    def _dump(self, pickler_class: Any, obj: Any, buffer_callback: Any = None) -> bytes:
         buf = io.BytesIO()
         with gc_paused():
-            pickler_class(buf, self).dump(obj)
+            pickler_class(buf, self, buffer_callback).dump(obj)
         return buf.getvalue()
+
+    def dumps_oob(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+        """Pickle ``obj`` with large buffers out of band (protocol 5 ``PickleBuffer``s, e.g.
+        numpy arrays' data): returns the pickle and the buffers, which reference the
+        original objects' memory (no copy). ``pickle.loads(data, buffers=...)`` reads them.
+        With a protocol below 5 or a custom pickler module, every buffer is in band (``[]``).
+        Raises the underlying error on failure, like ``dumps``."""
+        name = self.choice.name
+        if self.protocol < 5 or name not in (AUTO, "pickle", "cloudpickle"):
+            return self.dumps(obj), []
+        buffers: list[pickle.PickleBuffer] = []
+        if name == "cloudpickle":
+            return self._dump(_CloudFallbackPickler, obj, buffers.append), buffers
+        try:
+            return self._dump(_FastPickler, obj, buffers.append), buffers
+        except Exception:
+            if name == "pickle":
+                raise
+            self.fallbacks += 1
+            buffers.clear()
+            return self._dump(_CloudFallbackPickler, obj, buffers.append), buffers
 
     def dumps(self, obj: Any) -> bytes:
         """Pickle ``obj`` with this strategy; raises the underlying error on failure."""
