@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import BackendNotAvailableError
 
 if TYPE_CHECKING:
+    from importlib import metadata
+
     from .backend import ParallelBackendBase
 
 ENTRY_POINT_GROUP = "par.backends"
@@ -70,6 +71,10 @@ def register_parallel_backend(name: str, factory: BackendFactory, make_default: 
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
+    # Imported here, not at module level: importlib.metadata costs a noticeable part of
+    # ``import par``, and entry points are only read for a name not registered at run time.
+    from importlib import metadata
+
     return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 

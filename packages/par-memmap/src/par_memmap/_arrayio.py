@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, BinaryIO
+import sys
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported by the functions that need it, not by ``import par_memmap``.
 
 __all__ = ["byte_extent", "data_pointer", "open_memmap", "write_array_data"]
 
@@ -22,6 +26,8 @@ def open_memmap(
     order: str = "C",
 ) -> np.memmap[Any, Any]:
     """``numpy.memmap(...)`` with a mode checked at run time (numpy's stubs want a Literal)."""
+    import numpy as np
+
     memmap: Any = np.memmap
     result: np.memmap[Any, Any] = memmap(
         filename, dtype=dtype, mode=mode, offset=offset, shape=shape, order=order
@@ -56,6 +62,8 @@ def write_array_data(f: BinaryIO, a: np.ndarray) -> str:
     written in C order by chunks of about 16 MiB, so that a strided view of a huge array
     is never copied whole. Write errors (ENOSPC included) propagate as OSError.
     """
+    import numpy as np
+
     if a.flags.c_contiguous:
         flat, order = a.reshape(-1), "C"
     elif a.flags.f_contiguous:
@@ -85,7 +93,8 @@ def _write_all(f: BinaryIO, buf: np.ndarray) -> None:
 
 def is_mmap_root(a: object) -> bool:
     """True for a ``numpy.memmap`` created by ``numpy.memmap(...)`` itself (its base is the ``mmap.mmap``)."""
-    return isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap)
+    np = sys.modules.get("numpy")  # no numpy imported: nothing can be a numpy.memmap
+    return np is not None and isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap)
 
 
 def file_exists(path: str | os.PathLike[str]) -> bool:

@@ -30,10 +30,11 @@ import os
 import pickle
 import struct
 import uuid
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
-import numpy.lib.format as npformat
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.lib.format as npformat
 
 from ._arrayio import open_memmap, write_array_data
 from ._params import validate_mmap_mode
@@ -45,6 +46,14 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sBI")
 _ALIGN = 64
 _MAX_HEADER = 1 << 31
+
+
+def _import_numpy() -> None:
+    """Bind ``np`` and ``npformat`` in this module on first use: ``import par_memmap``
+    (and so ``import par``) does not import numpy; :func:`dump` and :func:`load` do."""
+    global np, npformat
+    import numpy as np
+    import numpy.lib.format as npformat
 
 
 def _align(n: int) -> int:
@@ -164,6 +173,7 @@ def dump(
         ValueError: ``compress`` asks for compression.
         TypeError: ``filename`` is not a path.
     """
+    _import_numpy()
     path = _check_path(filename, "filename")
     if compress not in (0, False, None):
         raise ValueError(
@@ -354,6 +364,7 @@ def load(filename: str | os.PathLike[str], mmap_mode: str | None = None, allow_p
         TypeError: ``filename`` is not a path.
         OSError: the file cannot be read (FileNotFoundError included).
     """
+    _import_numpy()
     path = _check_path(filename, "filename")
     mmap_mode = validate_mmap_mode(mmap_mode)
     with open(path, "rb") as f:

@@ -16,17 +16,24 @@
 3. everything else is pickled as a plain ``numpy.ndarray``.
 
 ``mmap_mode=None`` disables memmapping: every array is copied.
+
+numpy is imported lazily: ``import par_memmap`` does not import it, and both factories
+return an empty table when numpy has not been imported in the process (then no value
+can be a numpy array, and a worker that unpickles the table does not import numpy).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
+import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ._arrayio import byte_extent, data_pointer, file_exists, is_mmap_root, open_memmap
 from ._params import parse_nbytes, validate_mmap_mode
@@ -36,7 +43,7 @@ __all__ = ["has_shareable_memory", "make_reducers", "make_result_reducers", "reb
 
 Reduced = tuple[Callable[..., Any], tuple[Any, ...]]
 #: (filename, dtype, shape, strides, offset, mode, order) as given to :func:`rebuild_memmap`.
-MemmapRef = tuple[str, np.dtype, tuple[int, ...], "tuple[int, ...] | None", int, str, str]
+MemmapRef = tuple[str, "np.dtype[Any]", tuple[int, ...], "tuple[int, ...] | None", int, str, str]
 
 
 def rebuild_memmap(
@@ -55,6 +62,8 @@ def rebuild_memmap(
     strides reach are mapped and viewed with those strides (negative ones included).
     ``w+`` is opened as ``r+``: the data is never truncated.
     """
+    import numpy as np
+
     if mode == "w+":
         mode = "r+"
     if strides is None:
@@ -73,6 +82,8 @@ def rebuild_memmap(
 
 def _memmap_reference(a: np.ndarray) -> MemmapRef | None:
     """The file reference of ``a`` if its memory lies in a file-backed memmap, else None."""
+    import numpy as np
+
     if a.nbytes == 0:
         return None  # an empty mapping cannot be opened
     root: Any = a
@@ -111,10 +122,13 @@ def has_shareable_memory(a: Any) -> bool:
     ``numpy.memmap`` opened on an existing file with mode 'r', 'r+' or 'w+': the memmap
     itself, any slice of it, or an ``np.asarray`` view of it.
     """
-    return isinstance(a, np.ndarray) and _memmap_reference(a) is not None
+    np = sys.modules.get("numpy")  # never imported: ``a`` cannot be an array
+    return np is not None and isinstance(a, np.ndarray) and _memmap_reference(a) is not None
 
 
 def _copy_reduction(a: np.ndarray, protocol: int) -> Any:
+    import numpy as np
+
     plain = a if type(a) is np.ndarray else a.view(np.ndarray)
     return plain.__reduce_ex__(protocol)
 
@@ -189,15 +203,68 @@ def make_reducers(
 
     Returns:
         ``{numpy.ndarray: reducer, numpy.memmap: reducer}``; the rebuild function is
-        :func:`par_memmap.rebuild_memmap`, importable in the worker.
+        :func:`par_memmap.rebuild_memmap`, importable in the worker. ``{}`` when numpy
+        has not been imported in this process (no argument can be an array then; a set
+        made before numpy is imported does not memmap arrays: make a new one).
 
     Raises:
         TypeError, ValueError: a bad ``max_nbytes`` or ``mmap_mode`` (the message names it).
     """
     if not isinstance(manager, TempFolderManager):
         raise TypeError(f"manager must be a par_memmap.TempFolderManager; got {type(manager).__name__}")
-    reducer = _ArrayReducer(manager, parse_nbytes(max_nbytes), validate_mmap_mode(mmap_mode), protocol)
+    nbytes, mode = parse_nbytes(max_nbytes), validate_mmap_mode(mmap_mode)
+    np = sys.modules.get("numpy")
+    if np is None:
+        return {}
+    reducer = _ArrayReducer(manager, nbytes, mode, protocol)
     return {np.ndarray: reducer, np.memmap: reducer}
+
+
+def reduce_result(a: np.ndarray, protocol: int = pickle.HIGHEST_PROTOCOL) -> Any:
+    """The reducer of :func:`make_result_reducers` (module level: it pickles by reference).
+
+    A ``numpy.memmap`` or a read-only array is reduced as a plain ``numpy.ndarray``
+    rebuilt as a new, writable in-memory array; other arrays use
+    ``ndarray.__reduce_ex__(protocol)``.
+    """
+    import numpy as np
+
+    plain = a if type(a) is np.ndarray else a.view(np.ndarray)
+    if not plain.flags.writeable:
+        return plain.__reduce__()  # rebuilt as a new, writable array
+    return plain.__reduce_ex__(protocol)
+
+
+class _ProtocolResultReducer:
+    """:func:`reduce_result` with another pickle protocol. Equal by protocol, and pickled
+    as a reference to :func:`_result_reducer` (unpickled as that process's cached one)."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: int) -> None:
+        self.protocol = protocol
+
+    def __call__(self, a: np.ndarray) -> Any:
+        return reduce_result(a, self.protocol)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _ProtocolResultReducer and other.protocol == self.protocol
+
+    def __hash__(self) -> int:
+        return hash((_ProtocolResultReducer, self.protocol))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_result_reducer, (self.protocol,))
+
+    def __repr__(self) -> str:
+        return f"<par_memmap result reducer, protocol {self.protocol}>"
+
+
+@functools.cache
+def _result_reducer(protocol: int) -> Callable[[Any], Any]:
+    if protocol == pickle.HIGHEST_PROTOCOL:
+        return reduce_result
+    return _ProtocolResultReducer(protocol)
 
 
 def make_result_reducers(*, protocol: int = pickle.HIGHEST_PROTOCOL) -> dict[type, Callable[[Any], Any]]:
@@ -208,12 +275,14 @@ def make_result_reducers(*, protocol: int = pickle.HIGHEST_PROTOCOL) -> dict[typ
     size, independent of the temp files that the end of the call removes; so does a
     read-only array (e.g. ``np.asarray`` of an input opened with 'r'). Other arrays keep
     numpy's own pickling with ``protocol``.
+
+    The reducer is :func:`reduce_result` (or, for another ``protocol``, one cached
+    wrapper of it per protocol): the same object at every call, pickled by reference, so tables made
+    by successive calls compare equal. ``{}`` when numpy has not been imported in this
+    process, so that unpickling the table never imports numpy.
     """
-
-    def reduce_result(a: np.ndarray) -> Any:
-        plain = a if type(a) is np.ndarray else a.view(np.ndarray)
-        if not plain.flags.writeable:
-            return plain.__reduce__()  # rebuilt as a new, writable array
-        return plain.__reduce_ex__(protocol)
-
-    return {np.ndarray: reduce_result, np.memmap: reduce_result}
+    np = sys.modules.get("numpy")
+    if np is None:
+        return {}
+    reducer = _result_reducer(protocol)
+    return {np.ndarray: reducer, np.memmap: reducer}

@@ -4,8 +4,13 @@ Three policies, chosen once per call by :func:`make_sizer`:
 
 - a fixed ``batch_size`` given by the user;
 - the backend's own ``compute_batch_size()`` when it does not want the scheduler to
-  size batches (``supports_auto_batching`` is False; thread backends use batches of 1);
-- :class:`AutoBatcher`, which aims every batch at :data:`TARGET_BATCH_DURATION`.
+  size batches (``supports_auto_batching`` is False and it is not a multi-worker thread
+  backend);
+- :class:`AutoBatcher`, which aims every batch at :data:`TARGET_BATCH_DURATION` for
+  backends with ``supports_auto_batching``, and at the shorter
+  :data:`THREAD_TARGET_BATCH_DURATION` for thread backends (``uses_threads``) with
+  several workers, whose per-batch cost is tens of microseconds instead of a process
+  round trip.
 
 The tail of the iterable is split by :func:`tail_batch_size` (auto policy only) so that
 the last tasks are spread over all workers in shrinking batches.
@@ -17,6 +22,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "TARGET_BATCH_DURATION",
+    "THREAD_TARGET_BATCH_DURATION",
     "AutoBatcher",
     "BackendSizer",
     "FixedSizer",
@@ -28,6 +34,11 @@ __all__ = [
 #: the per-batch cost of a process round trip (well under a millisecond), short enough
 #: that a batch of tasks which turn out to be slow cannot hold one worker for long.
 TARGET_BATCH_DURATION = 0.05
+
+#: The target of the auto policy for thread backends (``uses_threads``): a batch costs
+#: a queue hand-over and a callback (tens of microseconds), so a few milliseconds
+#: amortise it while slow tasks fall back to batches of one after the first batch.
+THREAD_TARGET_BATCH_DURATION = 0.005
 
 #: In the tail, a batch holds at most ``remaining / (TAIL_SPLIT * n_jobs)`` tasks
 #: (guided self-scheduling: batches shrink geometrically down to single tasks).
@@ -123,10 +134,22 @@ def tail_batch_size(size: int, remaining: int, n_jobs: int) -> int:
     return max(min(size, share), 1)
 
 
-def make_sizer(batch_size: int | str, backend: Any) -> FixedSizer | BackendSizer | AutoBatcher:
-    """The policy for ``batch_size`` (already validated) and ``backend``."""
+def make_sizer(
+    batch_size: int | str, backend: Any, n_jobs: int = 1
+) -> FixedSizer | BackendSizer | AutoBatcher:
+    """The policy for ``batch_size`` (already validated), ``backend`` and ``n_jobs`` workers.
+
+    ``'auto'`` means :class:`AutoBatcher` when the backend sets ``supports_auto_batching``
+    or when it runs several workers in threads (``uses_threads`` and ``n_jobs > 1``; the
+    target is then :data:`THREAD_TARGET_BATCH_DURATION`); otherwise the backend's own
+    ``compute_batch_size()`` (e.g. the sequential backend: batches of one keep a
+    generator result as lazy as possible).
+    """
     if batch_size != "auto":
         return FixedSizer(int(batch_size))
+    threads = bool(getattr(backend, "uses_threads", False))
+    if threads and n_jobs > 1:
+        return AutoBatcher(THREAD_TARGET_BATCH_DURATION)
     if getattr(backend, "supports_auto_batching", False):
-        return AutoBatcher()
+        return AutoBatcher(THREAD_TARGET_BATCH_DURATION if threads else TARGET_BATCH_DURATION)
     return BackendSizer(backend)

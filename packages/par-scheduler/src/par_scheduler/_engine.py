@@ -34,6 +34,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, nullcontext
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -52,6 +53,16 @@ _now = time.perf_counter
 Listener = Callable[[ProgressEvent], None]
 
 _MISSING: Any = object()
+_NO_CONTEXT = nullcontext()
+
+
+def _retrieval_context(backend: Any) -> Callable[[], Any] | None:
+    """``backend.retrieval_context`` when the backend's class overrides the no-op of
+    ``ParallelBackendBase`` (or does not derive from it), else None (nothing to enter)."""
+    method = getattr(type(backend), "retrieval_context", None)
+    if method is None or method is ParallelBackendBase.retrieval_context:
+        return None
+    return backend.retrieval_context  # type: ignore[no-any-return]
 
 
 class _Call:
@@ -70,11 +81,22 @@ class _Call:
         listeners: Sequence[Listener],
         ensure_ready: bool,
         on_finish: Callable[[BaseException | None], None] | None,
+        peek_allowed: bool = True,
     ) -> None:
         self._backend = backend
         self._n_jobs = n_jobs
-        self._sizer = make_sizer(batch_size, backend)
+        self._sizer = make_sizer(batch_size, backend, n_jobs)
         self._adaptive = self._sizer.adaptive
+        # A short call (all its tasks known at the start, at most one window of them) is
+        # cut into at most n_jobs batches of this size, instead of batches of one.
+        self._split_size = 0
+        # Only for a list result: the caller sees no result before the end, so batches of
+        # several tasks delay nothing; and reading one task beyond the window at the start
+        # (to learn whether the call is short) is not observable either.
+        self._planned = not (self._adaptive and return_as == "list")
+        # ... except when the user set pre_dispatch: then the iterable is read exactly
+        # as far as the window, as the spec's producer example shows.
+        self._peek = return_as == "list" and peek_allowed
         self._window = window
         self._ordered = return_as != "generator_unordered"
         # In generator modes, results not yet consumed count against the window, so a
@@ -124,6 +146,9 @@ class _Call:
         # Wake the caller at every completed batch, except for a list without timeout:
         # then it only needs to wake at the end (or on the first error).
         self._wake_per_batch = return_as != "list" or timeout is not None
+        # The backend's retrieval_context() (e.g. dask leaves its worker's thread pool
+        # while waiting), entered around the caller's waits when the backend overrides it.
+        self._retrieval: Callable[[], Any] | None = _retrieval_context(backend)
         self._recent_done: deque[float] = deque(maxlen=n_jobs)
         self._t0 = _now()
 
@@ -199,9 +224,35 @@ class _Call:
                 self._on_finish(exc)
 
     # -- 1. pull ----------------------------------------------------------------------
+    def _plan(self) -> None:
+        """At the first cut (auto policy): when the whole call is known to hold at most one
+        window of tasks, cut it into at most ``n_jobs`` equal batches (one submission per
+        worker instead of one per task). The window is ``pre_dispatch`` (in tasks, as the
+        first batches hold one task each), or ``2 * n_jobs`` for ``pre_dispatch='all'``."""
+        self._planned = True
+        limit = self._window if self._window is not None else 2 * self._n_jobs
+        total: int | None = None
+        if self._source_done:
+            total = len(self._buf) - self._pos
+        elif self._length is not None:
+            total = self._length
+        elif self._it is not None:
+            want = limit + 1 if self._peek else limit
+            self._buf.extend(islice(self._it, want))
+            if len(self._buf) < want:
+                total = len(self._buf)
+                self._source_done = True
+                self._it = None
+                with self._lock:
+                    self._total = total
+        if total is not None and 1 < total <= limit:
+            self._split_size = -(-total // self._n_jobs)  # ceil
+
     def _cut_batch(self) -> BatchedCalls | None:
         """The next batch from the iterable, or None when it is exhausted (pump role)."""
-        size = self._sizer.next_size()
+        if not self._planned:
+            self._plan()
+        size = self._split_size or self._sizer.next_size()
         buf = self._buf
         avail = len(buf) - self._pos
         if not self._source_done:
@@ -222,7 +273,7 @@ class _Call:
                         self._total = self._n_cut + avail
         if avail == 0:
             return None
-        if self._source_done and self._adaptive:
+        if self._source_done and self._adaptive and not self._split_size:
             size = tail_batch_size(size, avail, self._n_jobs)
         pos = self._pos
         tasks = buf[pos : pos + size]
@@ -329,10 +380,15 @@ class _Call:
 
     # -- 4. retrieve ------------------------------------------------------------------
     def next_results(self) -> list[Any] | None:
-        """The next batch of results (caller's thread), None when all were returned."""
+        """The next batch of results (caller's thread), None when all were returned.
+
+        When it has to block, the backend's ``retrieval_context()`` is entered (outside
+        the lock) around the waiting, and left before returning."""
         timeout = self._timeout
         deadline: float | None = None
-        with self._lock:
+        context: Any = None
+        outer: Any = _NO_CONTEXT if self._retrieval is None else ExitStack()
+        with outer, self._lock:
             while True:
                 if self._error is not None:
                     error, self._error = self._error, None
@@ -357,6 +413,16 @@ class _Call:
                     remaining = deadline - _now()
                     if remaining <= 0:
                         raise TimeoutError(self._timeout_message())
+                if context is None and self._retrieval is not None:
+                    # Enter the backend's context without holding the lock (it may block,
+                    # and completion callbacks need the lock), then look again.
+                    context = outer
+                    self._lock.release()
+                    try:
+                        outer.enter_context(self._retrieval())
+                    finally:
+                        self._lock.acquire()
+                    continue
                 self._waiting = True
                 try:
                     self._cond.wait(remaining)
@@ -378,7 +444,16 @@ class _Call:
         return results  # type: ignore[no-any-return]
 
     def collect_all(self) -> list[Any]:
-        """All results in submission order (caller's thread, ``return_as='list'``)."""
+        """All results in submission order (caller's thread, ``return_as='list'``).
+
+        The backend's ``retrieval_context()`` is entered once around the whole wait."""
+        retrieval, self._retrieval = self._retrieval, None
+        if retrieval is None:
+            return self._collect_all()
+        with retrieval():
+            return self._collect_all()
+
+    def _collect_all(self) -> list[Any]:
         out: list[Any] = []
         if self._wake_per_batch:  # with a timeout: watch the wait for each batch
             while True:
@@ -540,6 +615,7 @@ def run(
         n_jobs=n_jobs,
         batch_size=batch_size,
         window=window,
+        peek_allowed=isinstance(pre_dispatch, str) and pre_dispatch.replace(" ", "") == "2*n_jobs",
         return_as=return_as,
         timeout=timeout,
         listeners=listeners,

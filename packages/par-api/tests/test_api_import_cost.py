@@ -1,0 +1,23 @@
+"""``import par_api`` stays cheap: entry-point metadata is only read when needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_api_import_does_not_import_importlib_metadata() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        assert "importlib.metadata" not in sys.modules, "imported before par_api"
+        import par_api
+        print("importlib.metadata" in sys.modules)
+        par_api.registry._entry_points()
+        print("importlib.metadata" in sys.modules)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
