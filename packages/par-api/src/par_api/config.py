@@ -199,8 +199,8 @@ def check_inner_max_num_threads_supported(backend: ParallelBackendBase, value: i
     if value is not None and not backend.supports_inner_max_num_threads:
         raise ValueError(
             f"inner_max_num_threads={value} is not supported by backend {type(backend).__name__}: "
-            f"it limits native thread pools in worker processes and works with the 'loky' backend "
-            f"(and 'multiprocessing'). Remove it, or choose such a backend."
+            f"it limits native thread pools (BLAS, OpenMP) per worker and works with the 'loky', "
+            f"'multiprocessing' and 'threading' backends. Remove it, or choose one of those."
         )
 
 

@@ -242,6 +242,8 @@ class ThreadingBackend(ParallelBackendBase):
     """
 
     uses_threads = True
+    #: honoured by par in the parent: threadpoolctl limits for the duration of the call
+    supports_inner_max_num_threads = True
     supports_sharedmem = True
     supports_timeout = True
     supports_auto_batching = False
