@@ -116,7 +116,7 @@ ROWS = [
     (
         "backend-inner",
         parallel_backend,
-        {"backend": "threading", "inner_max_num_threads": 2},
+        {"backend": "sequential", "inner_max_num_threads": 2},
         ValueError,
         ["inner_max_num_threads", "'loky'"],
     ),

@@ -11,6 +11,16 @@ np = pytest.importorskip("numpy")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 
+@pytest.fixture(autouse=True)
+def _no_thread_settings_in_the_environment(monkeypatch):
+    """These tests are about par's own limits: start from an environment without any
+    thread-count variable (a user's own setting wins, which one test checks)."""
+    from par_threadlimits import THREAD_LIMIT_VARS
+
+    for name in (*THREAD_LIMIT_VARS, "PAR_THREAD_BUDGET", "PAR_THREAD_LIMITED_VARS", "PAR_LIMIT_THREAD_BACKENDS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def worker_view(_):
     import numpy  # noqa: F401  (loads OpenBLAS in the worker)
     from threadpoolctl import threadpool_info
