@@ -33,6 +33,10 @@ pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
 def cluster():
     # allowed_failures=0: a batch whose worker dies fails at once (no rerun), so the
     # KilledWorker path is tested without killing a worker four times.
+    # distributed's nannies write their pre-spawn environment (OMP_NUM_THREADS=1, ...)
+    # into this process's os.environ for good: restore it so that later tests in the
+    # same process do not see thread settings they did not make.
+    saved = dict(os.environ)
     with distributed.LocalCluster(
         n_workers=2,
         threads_per_worker=1,
@@ -41,6 +45,8 @@ def cluster():
         dashboard_address=None,
         scheduler_kwargs={"allowed_failures": 0},
     ) as cluster:
+        os.environ.clear()
+        os.environ.update(saved)
         yield cluster
 
 
