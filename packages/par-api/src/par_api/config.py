@@ -204,6 +204,27 @@ def check_inner_max_num_threads_supported(backend: ParallelBackendBase, value: i
         )
 
 
+def backend_instance(backend: Any, **params: Any) -> ParallelBackendBase:
+    """The backend object for what a user passed as ``backend=``: a registered name
+    (``params`` go to its constructor), a ``ParallelBackendBase`` instance, or a
+    multiprocessing context (the ``multiprocessing`` backend with that start method)."""
+    if isinstance(backend, str):
+        return make_backend(backend, **params)
+    if params:
+        raise TypeError(
+            f"backend parameters {sorted(params)} are only accepted with a backend name; "
+            f"configure the instance {backend!r} directly instead."
+        )
+    if isinstance(backend, ParallelBackendBase):
+        return backend
+    if hasattr(backend, "get_start_method") and hasattr(backend, "Process"):
+        return make_backend("multiprocessing", context=backend)
+    raise TypeError(
+        f"backend must be a backend name (str), a ParallelBackendBase instance, a "
+        f"multiprocessing context or None; got {type(backend).__name__} {backend!r}"
+    )
+
+
 class parallel_config:
     """Set the default backend and options of ``Parallel`` for a ``with`` block.
 
@@ -278,29 +299,11 @@ class parallel_config:
                     f"extra keyword arguments are backend parameters and need backend=<name>."
                 )
             return None
-        if isinstance(backend, str):
-            obj = make_backend(backend, **backend_params)
-            check_inner_max_num_threads_supported(obj, inner_max_num_threads)
-            if inner_max_num_threads is not None:
-                obj.inner_max_num_threads = inner_max_num_threads
-            return obj
-        if isinstance(backend, ParallelBackendBase):
-            if backend_params:
-                raise TypeError(
-                    f"parallel_config: backend parameters {sorted(backend_params)} are only accepted "
-                    f"with a backend name; configure the instance {backend!r} directly instead."
-                )
-            check_inner_max_num_threads_supported(backend, inner_max_num_threads)
-            if inner_max_num_threads is not None:
-                backend.inner_max_num_threads = inner_max_num_threads
-            return backend
-        # A multiprocessing context selects the multiprocessing backend with its start method.
-        if hasattr(backend, "get_start_method") and hasattr(backend, "Process"):
-            return make_backend("multiprocessing", context=backend)
-        raise TypeError(
-            f"backend must be a backend name (str), a ParallelBackendBase instance, a "
-            f"multiprocessing context or None; got {type(backend).__name__} {backend!r}"
-        )
+        obj = backend_instance(backend, **backend_params)
+        check_inner_max_num_threads_supported(obj, inner_max_num_threads)
+        if inner_max_num_threads is not None:
+            obj.inner_max_num_threads = inner_max_num_threads
+        return obj
 
     def unregister(self) -> None:
         """Restore the configuration that was in force before this one."""

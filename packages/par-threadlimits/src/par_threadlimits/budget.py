@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from par_api import cpu_count
+from par_api import cpu_count, normalize_n_jobs
 
 #: The environment variables that cap the thread pools of native libraries, in this
 #: order: OpenMP (every OpenMP runtime, and BLAS libraries built on it), OpenBLAS, MKL,
@@ -60,21 +60,11 @@ def _check_positive_int(value: Any, name: str, *, allow_none: bool = True) -> in
 
 
 def _check_n_jobs(n_jobs: Any, n_cpus: int) -> int:
-    """The number of workers: a positive int, or a negative one counted back from
-    ``n_cpus`` (-1 is every CPU, -2 all but one), as ``par_api`` does."""
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
-        raise TypeError(
-            f"n_jobs must be an int (the number of workers: positive, or -1 for all CPUs, "
-            f"-2 for all but one, ...), got {type(n_jobs).__name__} {n_jobs!r}"
-        )
-    if n_jobs == 0:
-        raise ValueError(
-            "n_jobs=0 is not allowed: use a positive number of workers, -1 for all CPUs, "
-            "or -2 for all but one"
-        )
-    if n_jobs < 0:
-        return max(n_cpus + 1 + n_jobs, 1)
-    return n_jobs
+    """The number of workers, by ``par_api``'s rules (-1 every CPU, -2 all but one;
+    ``ValueError``/``TypeError`` naming ``n_jobs`` for 0 or a non-number)."""
+    if n_jobs is None:
+        raise TypeError("n_jobs must be an int (the number of workers), got None")
+    return normalize_n_jobs(n_jobs, n_cpus)
 
 
 def thread_budget(n_jobs: int, inner_max_num_threads: int | None = None, n_cpus: int | None = None) -> int:

@@ -22,6 +22,7 @@ from par_api import (
     ParallelBackendBase,
     Task,
     TransportHooks,
+    backend_instance,
     check_inner_max_num_threads_supported,
     check_mmap_mode,
     check_n_jobs,
@@ -118,17 +119,7 @@ class Parallel:
     def _resolve_backend(self, backend: Any, cfg: Any) -> tuple[ParallelBackendBase, int | None]:
         inner = cfg.inner_max_num_threads
         if not is_default(backend) and backend is not None:
-            if isinstance(backend, str):
-                obj = make_backend(backend)
-            elif isinstance(backend, ParallelBackendBase):
-                obj = backend
-            elif hasattr(backend, "get_start_method") and hasattr(backend, "Process"):
-                obj = make_backend("multiprocessing", context=backend)
-            else:
-                raise TypeError(
-                    f"backend must be a backend name (str), a ParallelBackendBase instance, a "
-                    f"multiprocessing context or None; got {type(backend).__name__} {backend!r}"
-                )
+            obj = backend_instance(backend)
             if self.require == "sharedmem" and not obj.supports_sharedmem:
                 raise ValueError(
                     f"backend={backend!r} does not support shared memory, but require='sharedmem' was "
