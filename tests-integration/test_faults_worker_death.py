@@ -120,7 +120,7 @@ def test_faults_worker_death_in_a_larger_batch_names_the_task_range(tmp_path, pr
     pid_dir.mkdir()
     with pytest.raises(WorkerDiedError) as info:
         Parallel(n_jobs=2, backend="loky", batch_size=4)(
-            delayed(_die)(i, "sigkill", np.zeros(8), str(pid_dir)) for i in range(16)
+            delayed(_die)(i, "sigkill", np.zeros(16), str(pid_dir)) for i in range(16)
         )
     assert "tasks 0 to 3 (function _die)" in str(info.value), str(info.value)
     probe.kill_all(_pids(pid_dir))
