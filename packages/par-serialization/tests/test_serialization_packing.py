@@ -1,0 +1,75 @@
+"""The compact form of a batch whose tasks all call one function, and its round trip."""
+
+from __future__ import annotations
+
+import functools
+import operator
+import pickle
+from typing import Any
+
+import pytest
+from par_serialization import BatchSerializer
+
+
+class DuckBatch:
+    def __init__(self, tasks: list[Any], nested: Any = None, index: int = 0) -> None:
+        self.tasks = tasks
+        self.nested = nested
+        self.index = index
+
+    def __call__(self) -> list[Any]:
+        return [f(*a, **k) for f, a, k in self.tasks]
+
+
+def _roundtrip(tasks: list[Any]) -> tuple[list[Any], int]:
+    with BatchSerializer() as serializer:
+        payload = serializer(DuckBatch(tasks))
+    received = pickle.loads(pickle.dumps(payload, protocol=5))
+    return list(received()), len(payload.payload)
+
+
+def grab_kwargs(x: int, **kwargs: Any) -> dict[str, Any]:
+    kwargs["seen"] = x  # a task mutating its own kwargs must not affect other tasks
+    return kwargs
+
+
+def test_same_function_batch_is_pickled_without_a_tuple_per_task() -> None:
+    n = 2000
+    results, size = _roundtrip([(abs, (-i,), {}) for i in range(n)])
+    assert results == list(range(n))
+    general = len(pickle.dumps([(abs, (-i,), {}) for i in range(n)], protocol=5))
+    assert size < 0.7 * general, (size, general)
+
+
+def test_same_function_with_keywords_keeps_each_tasks_keywords() -> None:
+    tasks = [(grab_kwargs, (i,), {"k": i * 2} if i % 2 else {}) for i in range(6)]
+    results, _ = _roundtrip(tasks)
+    assert results == [
+        {"seen": 0},
+        {"k": 2, "seen": 1},
+        {"seen": 2},
+        {"k": 6, "seen": 3},
+        {"seen": 4},
+        {"k": 10, "seen": 5},
+    ]
+
+
+def test_shared_empty_keywords_are_never_shared_with_the_callee() -> None:
+    results, _ = _roundtrip([(grab_kwargs, (i,), {}) for i in range(3)])
+    assert results == [{"seen": 0}, {"seen": 1}, {"seen": 2}]
+    assert results[0] is not results[1]
+
+
+def test_mixed_functions_and_partials_round_trip_in_order() -> None:
+    add3 = functools.partial(operator.add, 3)
+    tasks = [(abs, (-1,), {}), (add3, (4,), {}), (abs, (-5,), {}), (max, (1, 9), {})]
+    results, _ = _roundtrip(tasks)
+    assert results == [1, 7, 5, 9]
+
+
+def test_unpicklable_argument_in_a_same_function_batch_names_its_task() -> None:
+    from par_serialization import TaskPicklingError
+
+    lock = __import__("threading").Lock()
+    with BatchSerializer() as serializer, pytest.raises(TaskPicklingError, match="task 1 "):
+        serializer(DuckBatch([(abs, (1,), {}), (abs, (lock,), {})]))
