@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any
 
 __all__ = [
@@ -163,28 +164,63 @@ def _func_name(func: Any) -> str:
     return str(name)
 
 
-def describe_batch(batch: Any) -> str | None:
-    """``'task 3 (function f)'`` / ``'tasks 8 to 11 (function f)'`` for a ``BatchedCalls``
-    (duck-typed on ``tasks`` and ``index``); None when ``batch`` has neither."""
-    tasks = getattr(batch, "tasks", None)
-    index = getattr(batch, "index", None)
-    if tasks is None or not isinstance(index, int):
-        return None
-    try:
+class BatchInfo:
+    """What the parent remembers of a submitted batch, to name it if its worker dies: the
+    index of its first task, its number of tasks and its first few distinct functions.
+
+    Made at submission from a ``BatchedCalls`` (:meth:`of`); it does not keep the tasks
+    (and their arguments) alive until the batch completes, so they are freed as soon as
+    the batch is pickled."""
+
+    __slots__ = ("functions", "index", "n_tasks")
+
+    def __init__(self, index: int, n_tasks: int, functions: tuple[Any, ...]) -> None:
+        self.index = index
+        self.n_tasks = n_tasks
+        self.functions = functions
+
+    @classmethod
+    def of(cls, batch: Any) -> BatchInfo | None:
+        """The record of ``batch`` (duck-typed on ``tasks`` and ``index``), or None."""
+        tasks = getattr(batch, "tasks", None)
+        index = getattr(batch, "index", None)
+        if tasks is None or not isinstance(index, int):
+            return None
+        try:
+            n = len(tasks)
+            try:  # C speed for hashable callables (nearly all), order kept
+                functions = tuple(dict.fromkeys(map(itemgetter(0), tasks)))[:4]
+            except TypeError:
+                seen: list[Any] = []
+                for task in tasks:
+                    if not any(task[0] is f for f in seen):
+                        seen.append(task[0])
+                        if len(seen) == 4:
+                            break
+                functions = tuple(seen)
+        except Exception:
+            return None
+        return cls(index, n, functions)
+
+    def describe(self) -> str:
+        """``'task 3 (function f)'`` / ``'tasks 8 to 11 (functions f, g)'``."""
         names: list[str] = []
-        for task in tasks:
-            name = _func_name(task[0])
+        for func in self.functions:
+            name = _func_name(func)
             if name not in names:
                 names.append(name)
-                if len(names) > 3:
-                    break
-        n = len(tasks)
-    except Exception:
-        return None
-    funcs = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    label = "function" if len(names) == 1 else "functions"
-    where = f"task {index}" if n == 1 else f"tasks {index} to {index + n - 1}"
-    return f"{where} ({label} {funcs})"
+        funcs = ", ".join(names[:3]) + (", ..." if len(self.functions) > 3 else "")
+        label = "function" if len(names) == 1 else "functions"
+        n, index = self.n_tasks, self.index
+        where = f"task {index}" if n == 1 else f"tasks {index} to {index + n - 1}"
+        return f"{where} ({label} {funcs})"
+
+
+def describe_batch(batch: Any) -> str | None:
+    """``'task 3 (function f)'`` / ``'tasks 8 to 11 (function f)'`` for a ``BatchInfo`` or
+    a ``BatchedCalls`` (duck-typed on ``tasks`` and ``index``); None when it is neither."""
+    info = batch if isinstance(batch, BatchInfo) else BatchInfo.of(batch)
+    return None if info is None else info.describe()
 
 
 class TaskTracker:

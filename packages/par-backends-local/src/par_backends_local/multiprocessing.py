@@ -373,7 +373,7 @@ class MultiprocessingBackend(ParallelBackendBase):
                 # under this lock, then fails everything registered so far.
                 if state.broken is None and not state.closing:
                     state.pending[key] = (future, callback)
-                    state.batches[token] = func
+                    state.batches[token] = _tracking.BatchInfo.of(func)
                     break
         else:  # pragma: no cover - workers dying as fast as pools start
             raise RuntimeError("could not start a working multiprocessing pool: its workers keep dying")
