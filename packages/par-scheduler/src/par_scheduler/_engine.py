@@ -29,6 +29,7 @@ cancels what is pending; late callbacks are ignored.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import warnings
@@ -54,6 +55,13 @@ Listener = Callable[[ProgressEvent], None]
 
 _MISSING: Any = object()
 _NO_CONTEXT = nullcontext()
+
+#: The auto policy looks ahead ``n_jobs`` batches in the iterable (to find its end and
+#: split the tail over all workers) while that is at most this many tasks; beyond it,
+#: one task. Batches that large hold tasks of a few microseconds, whose tail needs no
+#: splitting, and tasks held back across batches would outlive the cyclic garbage
+#: collector's young generations: each full collection then walks them all.
+LOOKAHEAD_TASKS = 10_000
 
 
 def _retrieval_context(backend: Any) -> Callable[[], Any] | None:
@@ -256,7 +264,9 @@ class _Call:
         buf = self._buf
         avail = len(buf) - self._pos
         if not self._source_done:
-            want = size * self._n_jobs if self._adaptive and size > 1 else size
+            want = size
+            if self._adaptive and size > 1:
+                want = size * self._n_jobs if size * self._n_jobs <= LOOKAHEAD_TASKS else size + 1
             if avail < want:
                 it = self._it
                 if it is None:  # the call was closed meanwhile
@@ -277,7 +287,13 @@ class _Call:
             size = tail_batch_size(size, avail, self._n_jobs)
         pos = self._pos
         tasks = buf[pos : pos + size]
-        self._pos = pos + len(tasks)
+        pos += len(tasks)
+        if len(buf) - pos <= pos:
+            # Drop the buffer's references to the tasks cut (amortised O(1) per task), so
+            # that they are freed once the batch is pickled, not at the next pull.
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
         batch = BatchedCalls(tasks, self._nested, self._n_cut)
         self._n_cut += len(tasks)
         return batch
@@ -293,7 +309,23 @@ class _Call:
     # -- 2. submit --------------------------------------------------------------------
     def _pump(self) -> None:
         """Pull batches while the window has room, submitting each after the window is
-        filled. Runs in the one thread that took the pump role; gives it back on exit."""
+        filled. Runs in the one thread that took the pump role; gives it back on exit.
+
+        The cyclic garbage collector is paused meanwhile: pulling a batch allocates a
+        tuple or two per task, which the backend's ``submit`` (pickling) frees again, so
+        a collection in between would only walk them; for 10^6 trivial tasks the
+        collections cost more than the rest of the dispatch. Nothing is lost: cycles made
+        by the user's generator meanwhile are collected after the pump."""
+        if not gc.isenabled():  # paused by an outer pump, or disabled by the user
+            self._pump_batches()
+            return
+        gc.disable()
+        try:
+            self._pump_batches()
+        finally:
+            gc.enable()
+
+    def _pump_batches(self) -> None:
         ready = self._ready
         submit = self._backend.submit
         on_done = self._on_done
