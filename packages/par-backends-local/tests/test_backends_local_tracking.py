@@ -65,3 +65,13 @@ def test_tracking_record_keeps_no_task_alive() -> None:
 def test_tracking_record_of_something_else_is_none() -> None:
     assert BatchInfo.of(object()) is None
     assert describe_batch(lambda: None) is None
+
+
+def test_tracking_record_uses_the_functions_the_serializer_found() -> None:
+    class Sent:
+        functions = (cube,)
+
+    batch = BatchedCalls([Task(square, (i,), {}) for i in range(3)], None, 5)
+    # the serializer's answer is taken as is: the tasks are not walked again
+    assert describe_batch(BatchInfo.of(batch, Sent())) == "tasks 5 to 7 (function cube)"
+    assert describe_batch(BatchInfo.of(batch, object())) == "tasks 5 to 7 (function square)"

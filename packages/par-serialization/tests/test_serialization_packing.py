@@ -73,3 +73,42 @@ def test_unpicklable_argument_in_a_same_function_batch_names_its_task() -> None:
     lock = __import__("threading").Lock()
     with BatchSerializer() as serializer, pytest.raises(TaskPicklingError, match="task 1 "):
         serializer(DuckBatch([(abs, (1,), {}), (abs, (lock,), {})]))
+
+
+class Big:
+    """Stands for a large argument (a dict of 10^6 items takes tens of ms to free)."""
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_arguments_are_freed_after_the_results_are_sent_not_before() -> None:
+    import weakref
+
+    arg = Big()
+    ref = weakref.ref(arg)
+    with BatchSerializer() as serializer:
+        payload = serializer(DuckBatch([(len, (arg,), {})]))
+    del arg
+    received = pickle.loads(pickle.dumps(payload, protocol=5))
+    del payload
+    results = received()  # in the worker: unpickles its own copy of the argument
+    worker_copy = results._keep[0][1][0]
+    copy_ref = weakref.ref(worker_copy)
+    del worker_copy
+    assert ref() is None  # the parent's object was never kept
+    assert copy_ref() is not None  # the worker's copy lives while its results do ...
+    sent = pickle.dumps(results, protocol=5)  # ... the pool pickles and sends them ...
+    del results  # ... then drops them
+    assert copy_ref() is None
+    assert pickle.loads(sent) == [1]
+
+
+def test_serialized_batch_names_its_first_functions_for_the_backend() -> None:
+    with BatchSerializer() as serializer:
+        same = serializer(DuckBatch([(abs, (-i,), {}) for i in range(5)]))
+        mixed = serializer(DuckBatch([(f, (1,), {}) for f in (abs, max, abs, min, len, str, repr)]))
+    assert same.functions == (abs,)
+    assert mixed.functions == (abs, max, min, len)
+    # parent-side only: not part of what the worker receives
+    assert pickle.loads(pickle.dumps(same, protocol=5)).functions == ()

@@ -39,7 +39,10 @@ class TransportHooks:
 
     - ``serialize_batch``: called in the parent on each batch before it is sent to a
       worker process; returns the (picklable, callable) object to send instead. It
-      raises at dispatch when the batch cannot be pickled.
+      raises at dispatch when the batch cannot be pickled. The object may carry
+      ``functions``, a tuple of the batch's first distinct callables (at most 4), so
+      that a backend can name the batch later (when its worker dies) without keeping
+      its tasks alive or walking them again.
     - ``env``: environment variables to set in worker processes before they start
       (e.g. thread limits of native libraries). A change means new workers.
     - ``initializer``/``initargs``: run once in each new worker process.

@@ -180,12 +180,17 @@ class BatchInfo:
         self.functions = functions
 
     @classmethod
-    def of(cls, batch: Any) -> BatchInfo | None:
-        """The record of ``batch`` (duck-typed on ``tasks`` and ``index``), or None."""
+    def of(cls, batch: Any, sent: Any = None) -> BatchInfo | None:
+        """The record of ``batch`` (duck-typed on ``tasks`` and ``index``), or None.
+        ``sent`` is what ``TransportHooks.serialize_batch`` made of it: when it carries
+        ``functions`` (see :class:`par_api.TransportHooks`), the tasks are not walked."""
         tasks = getattr(batch, "tasks", None)
         index = getattr(batch, "index", None)
         if tasks is None or not isinstance(index, int):
             return None
+        known = getattr(sent, "functions", None)
+        if isinstance(known, tuple) and known:
+            return cls(index, len(tasks), known[:4])
         try:
             n = len(tasks)
             try:  # C speed for hashable callables (nearly all), order kept

@@ -169,7 +169,7 @@ class LokyBackend(ParallelBackendBase):
         payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
         token = _tracking.tracker().new_token()
         batches = self._batches
-        batches[token] = _tracking.BatchInfo.of(func)  # not the tasks: freed once pickled
+        batches[token] = _tracking.BatchInfo.of(func, payload)  # not the tasks: freed once pickled
         payload = _tracking.TrackedBatch(payload, token)
         executor = self._executor if self._executor is not None else self._get_executor()
         try:

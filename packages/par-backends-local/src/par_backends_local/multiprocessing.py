@@ -363,6 +363,7 @@ class MultiprocessingBackend(ParallelBackendBase):
         hooks = self.hooks
         payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
         token = _tracking.tracker().new_token()
+        info = _tracking.BatchInfo.of(func, payload)  # not the tasks: freed once pickled
         payload = _tracking.TrackedBatch(payload, token)
         future: Future[Any] = Future()
         for _attempt in range(3):
@@ -373,7 +374,7 @@ class MultiprocessingBackend(ParallelBackendBase):
                 # under this lock, then fails everything registered so far.
                 if state.broken is None and not state.closing:
                     state.pending[key] = (future, callback)
-                    state.batches[token] = _tracking.BatchInfo.of(func)
+                    state.batches[token] = info
                     break
         else:  # pragma: no cover - workers dying as fast as pools start
             raise RuntimeError("could not start a working multiprocessing pool: its workers keep dying")
