@@ -52,7 +52,7 @@ class ResultSpec:
     """What a worker needs to pickle a batch's results: the pickler's name, the protocol
     and, lazily, the result reducers (see the module docstring). Small and picklable."""
 
-    __slots__ = ("blob", "modules", "pickler", "protocol", "token")
+    __slots__ = ("blob", "modules", "pickler", "protocol", "spill", "token")
 
     def __init__(
         self,
@@ -61,24 +61,34 @@ class ResultSpec:
         modules: tuple[str, ...] = (),
         token: str | None = None,
         blob: bytes | None = None,
+        spill: tuple[str, str, int] | None = None,
     ) -> None:
         self.pickler = pickler
         self.protocol = protocol
         self.modules = modules
         self.token = token
         self.blob = blob
+        #: ``(folder, prefix, threshold)``: results of at least ``threshold`` bytes are
+        #: written to ``folder`` (see ``_spill``) instead of the pipe; None: never
+        self.spill = spill
 
     @classmethod
-    def make(cls, pickler: str, protocol: int | None, reducers: Mapping[type, Reducer] | None) -> ResultSpec:
+    def make(
+        cls,
+        pickler: str,
+        protocol: int | None,
+        reducers: Mapping[type, Reducer] | None,
+        spill: tuple[str, str, int] | None = None,
+    ) -> ResultSpec:
         """Parent side: the spec for a call (``reducers`` already validated)."""
         if not reducers:
-            return cls(pickler, protocol)
+            return cls(pickler, protocol, spill=spill)
         modules = tuple(sorted({str(getattr(tp, "__module__", "") or "").split(".")[0] for tp in reducers}))
         token, blob = _pickled_reducers(reducers, protocol)
-        return cls(pickler, protocol, modules, token, blob)
+        return cls(pickler, protocol, modules, token, blob, spill)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ResultSpec, (self.pickler, self.protocol, self.modules, self.token, self.blob))
+        return (ResultSpec, (self.pickler, self.protocol, self.modules, self.token, self.blob, self.spill))
 
     def reducers_active(self) -> bool:
         """True if the reducers apply in this process (a module of their types is imported;
