@@ -42,7 +42,10 @@ class TransportHooks:
       raises at dispatch when the batch cannot be pickled. The object may carry
       ``functions``, a tuple of the batch's first distinct callables (at most 4), so
       that a backend can name the batch later (when its worker dies) without keeping
-      its tasks alive or walking them again.
+      its tasks alive or walking them again. The object (and the results it returns)
+      may refer to files of this machine (large callables, messages through
+      ``/dev/shm``): a backend whose workers run on other machines does not set
+      ``supports_transport_hooks``.
     - ``env``: environment variables to set in worker processes before they start
       (e.g. thread limits of native libraries). A change means new workers.
     - ``initializer``/``initargs``: run once in each new worker process.
