@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -11,6 +12,34 @@ from par_api import BackendNotAvailableError, RemoteTraceback, multiprocessing_a
 Initializer = Callable[..., Any]
 #: One start-up step of a worker: ``(function or None, args)``.
 InitStep = tuple[Initializer | None, tuple[Any, ...]]
+
+
+#: Serializing a batch for longer than this (seconds) held the GIL that long: then the
+#: pool's threads get a moment to send the batch before the next one is pickled.
+LONG_SERIALIZATION = 0.002
+#: How long :func:`serialize_then_hand_over` lets the pool's threads run (seconds).
+HANDOVER_PAUSE = 0.0005
+
+
+def serialize(hooks: Any, func: Any) -> tuple[Any, float]:
+    """``hooks.serialize_batch(func)`` (or ``func`` itself without one) and the seconds
+    it took."""
+    serialize_batch = getattr(hooks, "serialize_batch", None) if hooks is not None else None
+    if serialize_batch is None:
+        return func, 0.0
+    t0 = time.perf_counter()
+    payload = serialize_batch(func)
+    return payload, time.perf_counter() - t0
+
+
+def hand_over(serialize_seconds: float) -> None:
+    """Called right after a batch was given to the pool: when pickling it took long (a
+    large argument), sleep briefly so that the pool's manager and feeder threads, which
+    need the GIL, send it now. Otherwise pickling the next batch (C code that never
+    releases the GIL) would hold it back: with two batches of a 10^6-item list, the first
+    worker started only after the second batch was pickled."""
+    if serialize_seconds > LONG_SERIALIZATION:
+        time.sleep(HANDOVER_PAUSE)
 
 
 def check_process_backend_available(name: str) -> None:

@@ -31,8 +31,10 @@ from ._common import (
     check_backend_kwargs,
     check_initializer,
     check_process_backend_available,
+    hand_over,
     init_steps,
     run_initializers,
+    serialize,
 )
 
 #: Seconds an idle worker of the reusable executor waits before exiting.
@@ -165,8 +167,7 @@ class LokyBackend(ParallelBackendBase):
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
         """Send ``func`` (through ``hooks.serialize_batch`` when set, in this thread: its
         pickling errors propagate) to a worker; return a future that the callback gets."""
-        hooks = self.hooks
-        payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
+        payload, took = serialize(self.hooks, func)
         token = _tracking.tracker().new_token()
         batches = self._batches
         batches[token] = _tracking.BatchInfo.of(func, payload)  # not the tasks: freed once pickled
@@ -203,6 +204,7 @@ class LokyBackend(ParallelBackendBase):
                 callback(out)
 
         loky_future.add_done_callback(on_done)
+        hand_over(took)
         return out
 
     @staticmethod

@@ -40,7 +40,9 @@ from ._common import (
     check_backend_kwargs,
     check_initializer,
     check_process_backend_available,
+    hand_over,
     init_steps,
+    serialize,
     setup_worker,
 )
 from .loky import _nested_threads
@@ -360,8 +362,7 @@ class MultiprocessingBackend(ParallelBackendBase):
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
         """Send ``func`` (through ``hooks.serialize_batch`` when set, in this thread) to a
         worker; return a future that ``callback`` receives once, on success or failure."""
-        hooks = self.hooks
-        payload = hooks.serialize_batch(func) if hooks is not None and hooks.serialize_batch else func
+        payload, took = serialize(self.hooks, func)
         token = _tracking.tracker().new_token()
         info = _tracking.BatchInfo.of(func, payload)  # not the tasks: freed once pickled
         payload = _tracking.TrackedBatch(payload, token)
@@ -391,6 +392,7 @@ class MultiprocessingBackend(ParallelBackendBase):
             if entry is not None:
                 raise
             # The pool broke meanwhile and the future already carries that error.
+        hand_over(took)
         return future
 
     def retrieve_result_callback(self, out: Any) -> Any:
