@@ -13,26 +13,32 @@ from par_scheduler import TARGET_BATCH_DURATION, AutoBatcher, run, tail_batch_si
 T = TARGET_BATCH_DURATION
 
 
-def test_scheduler_auto_batcher_starts_at_one_and_doubles_while_fast() -> None:
+def test_scheduler_auto_batcher_starts_at_one_and_grows_while_fast() -> None:
     batcher = AutoBatcher()
     assert batcher.next_size() == 1
-    sizes = []
-    for _ in range(10):
+    sizes, verified = [], 0
+    for _ in range(8):
         size = batcher.next_size()
         batcher.record(size, size * 1e-6)  # 1 µs per task: far below the target
+        verified += size
         sizes.append(batcher.next_size())
-    assert sizes == [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+        assert batcher.next_size() == 2 * verified  # twice the tasks measured fast
+    assert sizes == [2, 6, 18, 54, 162, 486, 1458, 4374]
 
 
 def test_scheduler_auto_batcher_growth_is_bounded_by_what_was_measured() -> None:
     batcher = AutoBatcher()
     batcher.record(1, 1e-6)
-    batcher.record(1, 1e-6)  # an older batch of the same size: no extra growth
     assert batcher.next_size() == 2
-    batcher.record(2, 2e-6)
+    batcher.record(1, 1e-6)  # another batch in flight at the old size: 2 tasks verified
     assert batcher.next_size() == 4
     batcher.record(1, 1e-6)  # a stale, smaller batch does not shrink a fast size
-    assert batcher.next_size() == 4
+    assert batcher.next_size() == 6
+    batcher.record(6, 3 * T)  # 3x too long: shrink, and forget what was verified
+    assert batcher.next_size() == 2
+    assert batcher.verified == 0
+    batcher.record(1, 1e-6)
+    assert batcher.next_size() == 2
 
 
 def test_scheduler_auto_batcher_aims_at_the_target_duration() -> None:
