@@ -37,14 +37,15 @@ class NestedBackend(par_api.ParallelBackendBase):
 
 def test_delayed_records_func_args_kwargs_and_unpacks_as_a_triple() -> None:
     task = delayed(add)(1, y=2)
-    assert isinstance(task, Task)
+    assert type(task) is tuple  # as joblib's delayed: a plain (function, args, kwargs)
     func, args, kwargs = task
     assert func is add
     assert args == (1,)
     assert kwargs == {"y": 2}
-    assert task == (add, (1,), {"y": 2})
-    assert (task.func, task.args, task.kwargs) == (add, (1,), {"y": 2})
-    assert task() == 3
+    assert task == (add, (1,), {"y": 2}) == Task(add, (1,), {"y": 2})
+    named = Task(*task)
+    assert (named.func, named.args, named.kwargs) == (add, (1,), {"y": 2})
+    assert named() == 3
 
 
 def test_delayed_without_arguments_records_empty_args_and_kwargs() -> None:
@@ -54,8 +55,8 @@ def test_delayed_without_arguments_records_empty_args_and_kwargs() -> None:
 def test_each_delayed_call_gets_its_own_kwargs() -> None:
     make = delayed(add)
     first, second = make(1, y=1), make(2, y=5)
-    assert first.kwargs == {"y": 1} and second.kwargs == {"y": 5}
-    assert first.kwargs is not second.kwargs
+    assert first[2] == {"y": 1} and second[2] == {"y": 5}
+    assert first[2] is not second[2]
 
 
 def test_delayed_does_not_call_the_function() -> None:
@@ -95,8 +96,9 @@ def test_delayed_works_as_a_decorator() -> None:
 )
 def test_delayed_accepts_any_callable(callable_: object) -> None:
     task = delayed(callable_)(4 if callable_ is not str.upper else "a")  # type: ignore[arg-type]
-    assert task.func is callable_
-    assert task() == callable_(*task.args)  # type: ignore[operator]
+    func, args, kwargs = task
+    assert func is callable_
+    assert Task(*task)() == callable_(*args)  # type: ignore[operator]
 
 
 def test_delayed_accepts_a_callable_instance() -> None:
@@ -108,7 +110,7 @@ def test_delayed_accepts_a_callable_instance() -> None:
             return self.k * x
 
     scale = Scale(3)
-    assert delayed(scale)(2)() == 6
+    assert Task(*delayed(scale)(2))() == 6
 
 
 @pytest.mark.parametrize("not_callable", [3, "add", None, [add]])
@@ -121,8 +123,10 @@ def test_task_pickles_round_trip() -> None:
     task = delayed(add)(1, y=2)
     clone = pickle.loads(pickle.dumps(task))
     assert clone == task
-    assert isinstance(clone, Task)
-    assert clone() == 3
+    named = Task(add, (1,), {"y": 2})
+    clone_named = pickle.loads(pickle.dumps(named))
+    assert isinstance(clone_named, Task) and clone_named == named
+    assert clone_named() == 3
 
 
 # -- BatchedCalls / run_tasks -------------------------------------------------------------
@@ -131,7 +135,7 @@ def test_task_pickles_round_trip() -> None:
 def test_batched_calls_runs_its_tasks_in_order() -> None:
     batch = BatchedCalls([delayed(add)(i, y=10) for i in range(4)], index=8)
     assert len(batch) == 4
-    assert [t.args for t in batch] == [(0,), (1,), (2,), (3,)]
+    assert [t[1] for t in batch] == [(0,), (1,), (2,), (3,)]
     assert batch() == [10, 11, 12, 13]
     assert batch.index == 8
     assert batch.nested is None
@@ -180,3 +184,42 @@ def test_batched_calls_pickles_with_its_nested_setting_and_index() -> None:
 def test_run_tasks_returns_results_in_order() -> None:
     assert run_tasks(delayed(add)(i, i) for i in range(3)) == [0, 2, 4]
     assert run_tasks([]) == []
+
+
+def test_delayed_caches_its_wrapper_per_function_not_per_equal_callable() -> None:
+    class Same:
+        """Instances compare equal (and hash alike) but are different callables."""
+
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Same)
+
+        def __hash__(self) -> int:
+            return 1
+
+        def __call__(self) -> str:
+            return self.tag
+
+    a, b = Same("a"), Same("b")
+    assert delayed(a) is delayed(a)
+    ta, tb = delayed(a)(), delayed(b)()
+    assert ta[0] is a and tb[0] is b
+
+
+def test_delayed_accepts_unhashable_callables_and_bound_methods() -> None:
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, x: int) -> int:
+            return x + 1
+
+        def method(self, x: int) -> int:
+            return x * 2
+
+    obj = Unhashable()
+    func, args, _ = delayed(obj)(1)
+    assert func is obj and func(*args) == 2
+    func, args, _ = delayed(obj.method)(4)
+    assert func(*args) == 8

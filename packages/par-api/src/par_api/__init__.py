@@ -32,7 +32,7 @@ from .registry import (
     multiprocessing_available,
     register_parallel_backend,
 )
-from .task import BatchedCalls, Task, delayed, run_tasks
+from .task import BatchedCalls, Task, TaskTuple, delayed, run_tasks
 
 __all__ = [
     "DEFAULTS",
@@ -44,6 +44,7 @@ __all__ = [
     "ParallelBackendBase",
     "RemoteTraceback",
     "Task",
+    "TaskTuple",
     "TransportHooks",
     "WorkerDiedError",
     "__version__",

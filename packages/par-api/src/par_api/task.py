@@ -21,17 +21,23 @@ class Task(NamedTuple):
         return self.func(*self.args, **self.kwargs)
 
 
+#: What ``delayed(f)(*args, **kwargs)`` returns: the plain tuple ``(f, args, kwargs)``, as
+#: joblib's ``delayed`` does. :class:`Task` is the same record with names (and callable);
+#: both unpack alike and compare equal, and everything that takes tasks accepts either.
+TaskTuple = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
 # ``delayed(f)(x)`` is evaluated once per task, and ``functools.wraps`` costs several
-# microseconds: the wrapper of a function is built once and kept in a small cache.
-_WRAPPERS: dict[int, tuple[Callable[..., Any], Callable[..., Task]]] = {}
+# microseconds: the wrapper of a function is built once and kept in a small cache, keyed
+# by the function itself (a dict lookup is the whole cost of ``delayed(f)`` then).
+_WRAPPERS: dict[Any, tuple[Callable[..., Any], Callable[..., TaskTuple]]] = {}
 _WRAPPERS_MAX = 512
 
 
-def _make_wrapper(function: Callable[..., Any]) -> Callable[..., Task]:
-    new = tuple.__new__
-
-    def delayed_function(*args: Any, **kwargs: Any) -> Task:
-        return new(Task, (function, args, kwargs))  # Task(function, args, kwargs), one frame less
+def _make_wrapper(function: Callable[..., Any]) -> Callable[..., TaskTuple]:
+    def delayed_function(*args: Any, **kwargs: Any) -> TaskTuple:
+        # a plain tuple: building a Task (a tuple subclass) costs twice as much, and this
+        # runs once per task in the caller's generator
+        return (function, args, kwargs)
 
     try:
         delayed_function = functools.wraps(function)(delayed_function)
@@ -40,26 +46,37 @@ def _make_wrapper(function: Callable[..., Any]) -> Callable[..., Task]:
     return delayed_function
 
 
-def delayed(function: Callable[P, R]) -> Callable[P, Task]:
-    """Capture the arguments of a call instead of making it.
-
-    ``delayed(f)(1, y=2)`` returns ``Task(f, (1,), {'y': 2})``, a named tuple that
-    unpacks as ``(function, args, kwargs)``. The wrapper keeps the metadata of
-    ``function`` (``functools.wraps``), so ``delayed`` also works as a decorator.
-    """
-    entry = _WRAPPERS.get(id(function))
-    if entry is not None and entry[0] is function:
-        return entry[1]
+def _new_wrapper(function: Callable[..., Any]) -> Callable[..., TaskTuple]:
     if not callable(function):
         raise TypeError(
             f"delayed(function): function must be callable, got {type(function).__name__} "
             f"{function!r}. Pass the function itself, e.g. delayed(math.sqrt)(4), not its result."
         )
     wrapper = _make_wrapper(function)
-    if len(_WRAPPERS) >= _WRAPPERS_MAX:
-        _WRAPPERS.clear()
-    _WRAPPERS[id(function)] = (function, wrapper)
+    try:
+        if len(_WRAPPERS) >= _WRAPPERS_MAX:
+            _WRAPPERS.clear()
+        _WRAPPERS[function] = (function, wrapper)
+    except Exception:  # an unhashable callable (or one whose __eq__ fails): not cached
+        pass
     return wrapper
+
+
+def delayed(function: Callable[P, R]) -> Callable[P, TaskTuple]:
+    """Capture the arguments of a call instead of making it.
+
+    ``delayed(f)(1, y=2)`` returns the tuple ``(f, (1,), {'y': 2})`` (a :data:`TaskTuple`,
+    equal to ``Task(f, (1,), {'y': 2})``), which unpacks as ``(function, args, kwargs)``.
+    The wrapper keeps the metadata of ``function`` (``functools.wraps``), so ``delayed``
+    also works as a decorator.
+    """
+    try:
+        entry = _WRAPPERS[function]
+    except Exception:  # not cached yet, or unhashable
+        return _new_wrapper(function)
+    if entry[0] is function:  # not merely an equal callable
+        return entry[1]
+    return _new_wrapper(function)
 
 
 class BatchedCalls:
@@ -76,7 +93,7 @@ class BatchedCalls:
 
     def __init__(
         self,
-        tasks: list[Task],
+        tasks: list[TaskTuple],
         nested: tuple[Any, int | None] | None = None,
         index: int = 0,
     ) -> None:
@@ -87,7 +104,7 @@ class BatchedCalls:
     def __len__(self) -> int:
         return len(self.tasks)
 
-    def __iter__(self) -> Iterator[Task]:
+    def __iter__(self) -> Iterator[TaskTuple]:
         return iter(self.tasks)
 
     def __call__(self) -> list[Any]:
@@ -105,6 +122,6 @@ class BatchedCalls:
         return f"BatchedCalls(<{len(self.tasks)} tasks from index {self.index}>)"
 
 
-def run_tasks(tasks: Iterable[Task]) -> list[Any]:
+def run_tasks(tasks: Iterable[TaskTuple]) -> list[Any]:
     """Run tasks in order and return their results (the worker-side body of a batch)."""
     return [func(*args, **kwargs) for func, args, kwargs in tasks]

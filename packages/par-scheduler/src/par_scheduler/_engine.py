@@ -40,7 +40,7 @@ from functools import partial
 from itertools import islice
 from typing import Any
 
-from par_api import BatchedCalls, ParallelBackendBase, Task
+from par_api import BatchedCalls, ParallelBackendBase, TaskTuple
 
 from ._batching import make_sizer, tail_batch_size
 from ._predispatch import parse_pre_dispatch
@@ -79,7 +79,7 @@ class _Call:
     def __init__(
         self,
         backend: ParallelBackendBase,
-        iterable: Iterable[Task],
+        iterable: Iterable[TaskTuple],
         *,
         n_jobs: int,
         batch_size: int | str,
@@ -118,14 +118,14 @@ class _Call:
             self._length: int | None = len(iterable)  # type: ignore[arg-type]
         except Exception:
             self._length = None
-        self._iterable: Iterable[Task] | None = iterable
+        self._iterable: Iterable[TaskTuple] | None = iterable
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
 
         # Source side: touched only by the thread holding the pump role.
-        self._it: Iterator[Task] | None = None
-        self._buf: list[Task] = []
+        self._it: Iterator[TaskTuple] | None = None
+        self._buf: list[TaskTuple] = []
         self._pos = 0
         self._source_done = False
         self._ready: deque[BatchedCalls] = deque()
@@ -598,7 +598,7 @@ def _generate(call: _Call) -> Iterator[Any]:
 
 def run(
     backend: ParallelBackendBase,
-    iterable: Iterable[Task],
+    iterable: Iterable[TaskTuple],
     *,
     n_jobs: int,
     batch_size: int | str = "auto",

@@ -20,7 +20,7 @@ import par_serialization
 import par_threadlimits
 from par_api import (
     ParallelBackendBase,
-    Task,
+    TaskTuple,
     TransportHooks,
     backend_instance,
     check_inner_max_num_threads_supported,
@@ -212,7 +212,7 @@ class Parallel:
         self._release()
 
     # -- the call ---------------------------------------------------------------------
-    def __call__(self, iterable: Iterable[Task]) -> list[Any] | Iterator[Any]:
+    def __call__(self, iterable: Iterable[TaskTuple]) -> list[Any] | Iterator[Any]:
         with self._lock:
             if self._running:
                 raise RuntimeError(
