@@ -96,7 +96,7 @@ def test_delayed_works_as_a_decorator() -> None:
 )
 def test_delayed_accepts_any_callable(callable_: object) -> None:
     task = delayed(callable_)(4 if callable_ is not str.upper else "a")  # type: ignore[arg-type]
-    func, args, kwargs = task
+    func, args, _ = task
     assert func is callable_
     assert Task(*task)() == callable_(*args)  # type: ignore[operator]
 
