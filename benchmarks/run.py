@@ -283,7 +283,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated among par, joblib, mpire (mpire runs only where a workload has it)",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="JSON output; default benchmarks/results/<date>[-quick].json"
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON output; default benchmarks/results/<date>[-quick].json for a run of all workloads, "
+        "<date>-<time>-partial.json (not committed) for a run of some, so as not to overwrite a full run",
     )
     p.add_argument(
         "--chart",
@@ -329,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         print(f"--reps must be >= 1, got {args.reps}", file=sys.stderr)
         return 2
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d")
+    now = _dt.datetime.now()
+    stamp = now.strftime("%Y-%m-%d") + ("" if args.workloads == "all" else now.strftime("-%H%M%S-partial"))
     out = args.out or HERE / "results" / f"{stamp}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 

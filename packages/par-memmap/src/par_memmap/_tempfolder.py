@@ -188,6 +188,23 @@ def cleanup_stale_folders(roots: Iterable[str | os.PathLike[str]] | None = None)
     return removed
 
 
+_recent_scans: dict[tuple[Any, ...], float] = {}
+
+
+def _scan_due(key: tuple[Any, ...]) -> bool:
+    """False when the roots for ``key`` (the extra folders) were scanned less than
+    ``_STALE_SCAN_INTERVAL`` ago: spares listing the roots at every call."""
+    now = time.monotonic()
+    with _last_scan_lock:
+        last = _recent_scans.get(key)
+        if last is not None and now - last < _STALE_SCAN_INTERVAL:
+            return False
+        if len(_recent_scans) > 64:
+            _recent_scans.clear()
+        _recent_scans[key] = now
+        return True
+
+
 def _scan_roots_occasionally(roots: list[str]) -> None:
     now = time.monotonic()
     due: list[str] = []
@@ -281,7 +298,8 @@ class TempFolderManager:
         if shm_folder:
             extra.append(shm_folder)
         try:
-            _scan_roots_occasionally(default_roots(extra))
+            if _scan_due(tuple(extra)):
+                _scan_roots_occasionally(default_roots(extra))
         except Exception:  # pragma: no cover - housekeeping must never break a call
             pass
 

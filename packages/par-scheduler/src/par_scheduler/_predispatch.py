@@ -8,6 +8,7 @@ nodes of plain arithmetic are walked; nothing is ever evaluated as Python code.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import numbers
 import operator
@@ -97,6 +98,12 @@ def parse_pre_dispatch(pre_dispatch: str | int, n_jobs: int) -> int | None:
             f"pre_dispatch expression is too long ({len(text)} characters, at most {MAX_EXPRESSION_LENGTH}): "
             f"use {_ACCEPTED}."
         )
+    return _evaluate(pre_dispatch, text, n_jobs)
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluate(pre_dispatch: str, text: str, n_jobs: int) -> int:
+    # cached: most programs use one or two expressions, and parsing costs ~20 us per call
     try:
         tree = ast.parse(text, mode="eval")
         value = _walk(tree, n_jobs)
