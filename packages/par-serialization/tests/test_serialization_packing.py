@@ -112,3 +112,27 @@ def test_serialized_batch_names_its_first_functions_for_the_backend() -> None:
     assert mixed.functions == (abs, max, min, len)
     # parent-side only: not part of what the worker receives
     assert pickle.loads(pickle.dumps(same, protocol=5)).functions == ()
+
+
+def test_single_argument_tasks_pickle_as_a_list_of_values() -> None:
+    # no 1-tuple per task in the pickle: the pickler memoizes tuples, values it does not
+    n = 2000
+    results, size = _roundtrip([(abs, (-i,), {}) for i in range(n)])
+    assert results == list(range(n))
+    with_tuples = len(pickle.dumps((abs, [(-i,) for i in range(n)], None), protocol=5))
+    assert size < 0.8 * with_tuples, (size, with_tuples)
+
+
+def test_single_argument_that_is_a_tuple_stays_one_argument() -> None:
+    def first(x: Any) -> Any:
+        return x
+
+    tasks = [(first, ((i, i + 1),), {}) for i in range(3)] + [(first, ((),), {})]
+    results, _ = _roundtrip(tasks)
+    assert results == [(0, 1), (1, 2), (2, 3), ()]
+
+
+def test_mixed_argument_counts_in_one_function_batch_round_trip() -> None:
+    tasks = [(max, (1, 5), {}), (max, ([3],), {}), (max, ([4],), {})]
+    results, _ = _roundtrip(tasks)
+    assert results == [5, 3, 4]

@@ -102,13 +102,21 @@ def _first_functions(tasks: Any) -> tuple[Any, ...]:
         return tuple(seen)
 
 
+#: Third item of a packed batch whose tasks each have one positional argument, no keywords.
+_SINGLE = 1
+
+
 def _pack_tasks(tasks: Any) -> Any:
     """The tasks of a batch in the form that pickles fastest.
 
     A batch whose tasks all call the same function (the usual ``delayed(f)(x) for x in
     ...``) travels as ``(function, [args, ...], [kwargs, ...] or None)``: one function
     reference and the argument tuples, without a tuple and a dict per task in the pickle
-    (pickling is about 5x and unpickling 3x faster for small tasks). Any other batch
+    (pickling is about 5x and unpickling 3x faster for small tasks). When moreover every
+    task has exactly one positional argument and no keywords, it travels as ``(function,
+    [arg, ...], _SINGLE)``: the pickler memoizes every tuple it writes, so a list of
+    1-tuples pickles 8x and unpickles 5x slower than the list of the values (0.11 against
+    0.013 us per task, and 0.13 against 0.023, for small ints). Any other batch
     travels as a list of plain ``(function, args, kwargs)`` tuples: the C pickler saves
     them without a Python-level call per task, where a NamedTuple such as
     ``par_api.Task`` goes through ``__reduce_ex__``. :func:`_unpack_tasks` undoes both.
@@ -117,6 +125,9 @@ def _pack_tasks(tasks: Any) -> Any:
         first = tasks[0][0]
         args = [a for f, a, k in tasks if f is first and not k]
         if len(args) == len(tasks):
+            singles = [a[0] for a in args if len(a) == 1]
+            if len(singles) == len(args):
+                return (first, singles, _SINGLE)
             return (first, args, None)
         if all(task[0] is first for task in tasks):
             return (first, [task[1] for task in tasks], [task[2] for task in tasks])
@@ -130,6 +141,8 @@ def _unpack_tasks(packed: Any) -> list[Any]:
     if type(packed) is not tuple:
         return packed  # type: ignore[no-any-return]
     func, args, kwargs = packed
+    if type(kwargs) is int:  # _SINGLE
+        return list(zip(repeat(func), [(a,) for a in args], repeat(_NO_KWARGS)))
     return list(zip(repeat(func), args, repeat(_NO_KWARGS) if kwargs is None else kwargs))
 
 
