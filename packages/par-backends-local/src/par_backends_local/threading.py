@@ -213,10 +213,13 @@ class _ThreadPool:
             return
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(ident in self.running for ident in targets):
-            time.sleep(0.002)
+            time.sleep(0.0005)
         for ident in targets:
-            if ident in self.running:
-                _async_raise(ident, None)
+            # Withdraw what is still pending: a thread blocked in C inside its task finishes
+            # it normally; a thread whose task ended before the exception was delivered must
+            # not get it later in unrelated code (a finalizer run by the collector there
+            # would be cut short: "Exception ignored in: <Finalize object>").
+            _async_raise(ident, None)
 
     def stop(self, join: bool) -> None:
         for _ in self.threads:
