@@ -104,9 +104,18 @@ def api(lib: str) -> ModuleType:
     return module
 
 
+def warm_task(x: Any) -> Any:
+    """A task long enough (20 ms) that a warm-up call reaches every worker."""
+    time.sleep(0.02)
+    return x
+
+
 def warm_up(m: ModuleType, **kwargs: Any) -> None:
-    """One small call, so that the measured call finds the pool already started."""
-    m.Parallel(n_jobs=N_JOBS, **kwargs)(m.delayed(noop)(i) for i in range(2 * N_JOBS))
+    """One small call, so that the measured call finds the pool started and every worker
+    warm: with instant tasks one worker could take them all, and the other would import
+    this module and the library's worker-side modules during the measured call (seen as
+    a 6-47 ms late start of the second worker in ``cpu``, for par and for joblib)."""
+    m.Parallel(n_jobs=N_JOBS, **kwargs)(m.delayed(warm_task)(i) for i in range(2 * N_JOBS))
 
 
 def _mpire_pool(**kwargs: Any) -> Any:
