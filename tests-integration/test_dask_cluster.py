@@ -156,10 +156,39 @@ def _worker_functions():
     def nbytes_of(a, i):
         return int(a.nbytes) + i
 
-    return square_pid, fail_on, inner_sum, slow_pid, nbytes_of
+    def thread_stacks():
+        import sys
+        import threading
+        import traceback
+
+        names = {t.ident: t.name for t in threading.enumerate()}
+        return {
+            names.get(ident, str(ident)): "".join(traceback.format_stack(frame)[-12:])
+            for ident, frame in sys._current_frames().items()
+        }
+
+    return square_pid, fail_on, inner_sum, slow_pid, nbytes_of, thread_stacks
 
 
-square_pid, fail_on, inner_sum, slow_pid, nbytes_of = _worker_functions()
+square_pid, fail_on, inner_sum, slow_pid, nbytes_of, thread_stacks = _worker_functions()
+
+
+def _all_thread_stacks(client, timeout=15):
+    """Every thread's stack on every worker (from a helper thread: a blocked worker loop
+    must not hang the report)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        future = ex.submit(client.run, thread_stacks, on_error="return")
+        try:
+            stacks = future.result(timeout=timeout)
+        except Exception as exc:  # the report must not hide the failure
+            return f"<could not get the workers' threads: {exc!r}>"
+    return "\n".join(
+        f"--- {worker} / {name}:\n{stack}"
+        for worker, threads in stacks.items()
+        for name, stack in threads.items()
+    )
 
 
 # -- tests ----------------------------------------------------------------------------
@@ -263,7 +292,7 @@ def test_dask_nested_parallel_does_not_deadlock(cluster):
             # seen once in CI (a 120 s hang, not reproduced in 15 reruns): say where the tasks are
             pytest.fail(
                 f"the nested call did not finish in 60 s; tasks on the cluster: {_par_tasks(client)}; "
-                f"their stacks: {client.call_stack()}"
+                f"their stacks: {client.call_stack()}\nall threads of the workers:\n{_all_thread_stacks(client)}"
             )
     assert out == [30, 30]
 
