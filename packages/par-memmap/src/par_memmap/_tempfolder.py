@@ -191,29 +191,30 @@ def cleanup_stale_folders(roots: Iterable[str | os.PathLike[str]] | None = None)
 _recent_scans: dict[tuple[Any, ...], float] = {}
 
 
-def _scan_due(key: tuple[Any, ...]) -> bool:
-    """False when the roots for ``key`` (the extra folders) were scanned less than
-    ``_STALE_SCAN_INTERVAL`` ago: spares listing the roots at every call."""
+def _due(table: dict[Any, float], key: Any, now: float) -> bool:
+    """Whether ``key`` was last scanned ``_STALE_SCAN_INTERVAL`` or more ago (or never);
+    records ``now`` when it is due. Call with ``_last_scan_lock`` held."""
+    last = table.get(key)
+    if last is not None and now - last < _STALE_SCAN_INTERVAL:
+        return False
+    table[key] = now
+    return True
+
+
+def _scan_occasionally(extra: list[Any]) -> None:
+    """Remove dead processes' folders from the roots for ``extra`` (see
+    :func:`default_roots`), at most every ``_STALE_SCAN_INTERVAL``: per set of extra
+    folders, which spares computing the roots at every call, and per root, which lists a
+    root shared by several sets once."""
     now = time.monotonic()
     with _last_scan_lock:
-        last = _recent_scans.get(key)
-        if last is not None and now - last < _STALE_SCAN_INTERVAL:
-            return False
         if len(_recent_scans) > 64:
             _recent_scans.clear()
-        _recent_scans[key] = now
-        return True
-
-
-def _scan_roots_occasionally(roots: list[str]) -> None:
-    now = time.monotonic()
-    due: list[str] = []
+        if not _due(_recent_scans, tuple(extra), now):
+            return
+    roots = default_roots(extra)
     with _last_scan_lock:
-        for root in roots:
-            last = _last_scan.get(root)
-            if last is None or now - last >= _STALE_SCAN_INTERVAL:
-                _last_scan[root] = now
-                due.append(root)
+        due = [root for root in roots if _due(_last_scan, root, now)]
     if due:
         cleanup_stale_folders(due)
 
@@ -298,8 +299,7 @@ class TempFolderManager:
         if shm_folder:
             extra.append(shm_folder)
         try:
-            if _scan_due(tuple(extra)):
-                _scan_roots_occasionally(default_roots(extra))
+            _scan_occasionally(extra)
         except Exception:  # pragma: no cover - housekeeping must never break a call
             pass
 
