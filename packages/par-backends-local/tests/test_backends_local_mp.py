@@ -218,6 +218,36 @@ def test_backends_mp_sigkill_gives_worker_died_error(mp_backend: Multiprocessing
     assert rec.outs == [other] and other.done()
 
 
+def test_backends_mp_callback_submitting_after_a_worker_death_does_not_deadlock(
+    mp_backend: MultiprocessingBackend,
+) -> None:
+    # The scheduler submits the next batch from a completion callback, which runs in the
+    # pool's result thread. When a worker has just died, the watcher shuts that pool down
+    # and joins that thread: the submit must start a new pool, not wait for the watcher.
+    mp_backend.configure(2)
+    state = mp_backend._state
+    assert state is not None
+    submitted = threading.Event()
+    out: dict[str, Any] = {}
+
+    def on_first(_: Any) -> None:
+        deadline = time.monotonic() + 20
+        while state.broken is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out["broken"] = state.broken is not None
+        out["next"] = mp_backend.submit(batch((abs, -3)))
+        submitted.set()
+
+    mp_backend.submit(batch((abs, -1)), callback=on_first)
+    dying = mp_backend.submit(batch((time.sleep, 0.2), (os._exit, 1)))
+    assert submitted.wait(30), "submit from the callback is blocked (deadlock with the watcher)"
+    assert out["broken"]
+    with pytest.raises(WorkerDiedError):
+        dying.result(timeout=30)
+    assert out["next"].result(timeout=30) == [3]  # on a fresh pool
+    assert mp_backend._state is not state
+
+
 def test_backends_mp_abort_everything_kills_a_stuck_worker(mp_backend: MultiprocessingBackend) -> None:
     mp_backend.configure(1)
     pid = mp_backend.submit(batch((os.getpid,))).result(timeout=30)[0]

@@ -285,6 +285,7 @@ class MultiprocessingBackend(ParallelBackendBase):
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
+        self._state_lock = threading.Lock()  # replacing the pool
         self._state: _PoolState | None = None
         self._pool_args: tuple[Any, ...] | None = None
         self._n_jobs: int | None = None
@@ -352,12 +353,18 @@ class MultiprocessingBackend(ParallelBackendBase):
         state = self._state
         if state is not None and state.broken is None and not state.closing:
             return state
-        if self._pool_args is None:
-            raise RuntimeError("MultiprocessingBackend.configure(...) must be called before submit()")
-        if state is not None:
-            state.shutdown(kill=True)
-        self._state = state = _PoolState(*self._pool_args)
-        return state
+        with self._state_lock:
+            state = self._state
+            if state is not None and state.broken is None and not state.closing:
+                return state
+            if self._pool_args is None:
+                raise RuntimeError("MultiprocessingBackend.configure(...) must be called before submit()")
+            # A broken pool is shut down by its watcher, a closing one by whoever closes it;
+            # not here: this may run in the old pool's result thread (a completion callback
+            # that submits the next batch), which that shutdown joins, while the watcher
+            # doing it would be joined by us: a deadlock.
+            self._state = state = _PoolState(*self._pool_args)
+            return state
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
         """Send ``func`` (through ``hooks.serialize_batch`` when set, in this thread) to a
@@ -401,20 +408,27 @@ class MultiprocessingBackend(ParallelBackendBase):
 
     def terminate(self) -> None:
         """Close the pool and join its workers (queued batches finish first)."""
-        state, self._state = self._state, None
+        with self._state_lock:
+            state, self._state = self._state, None
         if state is not None:
             state.shutdown(kill=False)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Terminate the workers (a stuck task stops), fail the pending batches with
         ``CancelledError``; with ``ensure_ready`` start a fresh pool."""
-        state, self._state = self._state, None
+        with self._state_lock:
+            state, self._state = self._state, None
         if state is not None:
             state.shutdown(
                 kill=True, error=lambda: CancelledError("the batch was cancelled: the call was aborted")
             )
-        if ensure_ready and self._pool_args is not None:
-            self._state = _PoolState(*self._pool_args)
+        # A completion callback that raced with the abort may have started a pool meanwhile.
+        with self._state_lock:
+            raced, self._state = self._state, None
+            if ensure_ready and self._pool_args is not None:
+                self._state = _PoolState(*self._pool_args)
+        if raced is not None:
+            raced.shutdown(kill=True)
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
         """Threads sized so workers x threads stays within the CPUs:
@@ -424,7 +438,7 @@ class MultiprocessingBackend(ParallelBackendBase):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_state", "_pool_args", "parallel", "hooks"):
+        for key in ("_state", "_state_lock", "_pool_args", "parallel", "hooks"):
             state.pop(key, None)
         context = state.get("_context")
         if context is not None and not isinstance(context, str):
