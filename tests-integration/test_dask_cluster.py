@@ -61,12 +61,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
         return
 
 
+_CLUSTER_LOG: dict = {}  # the running cluster's log file, for failure reports
+
+
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory):
     """(address, client) of a scheduler and two workers started with the dask CLI."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("dask-cli") / "cluster.log"
+    _CLUSTER_LOG["path"] = log_path
     procs: list[subprocess.Popen] = []
     client = None
     with open(log_path, "wb") as log:
@@ -167,10 +171,69 @@ def _worker_functions():
             for ident, frame in sys._current_frames().items()
         }
 
-    return square_pid, fail_on, inner_sum, slow_pid, nbytes_of, thread_stacks
+    def client_state(dask_worker):
+        """The worker's own client: its id, status, connection and the state of each
+        future it holds (what the nested calls wait on)."""
+        client = dask_worker._client
+        if client is None:
+            return "no worker client"
+        comm = getattr(client, "scheduler_comm", None)
+        futures = {str(k): st.status for k, st in list(client.futures.items())}
+        return {
+            "id": client.id,
+            "status": client.status,
+            "comm_closed": None if comm is None else comm.comm.closed(),
+            "futures": futures,
+            "callback_executor": repr(distributed.client.Future._cb_executor),
+        }
+
+    return square_pid, fail_on, inner_sum, slow_pid, nbytes_of, thread_stacks, client_state
 
 
-square_pid, fail_on, inner_sum, slow_pid, nbytes_of, thread_stacks = _worker_functions()
+square_pid, fail_on, inner_sum, slow_pid, nbytes_of, thread_stacks, client_state = _worker_functions()
+
+
+def _scheduler_view(client):
+    """The scheduler's clients and every par task it knows, with who wants it."""
+
+    def view(dask_scheduler):
+        return {
+            "clients": sorted(str(c) for c in dask_scheduler.clients),
+            "par_tasks": {
+                str(k): (ts.state, sorted(str(c.client_key) for c in ts.who_wants or ()))
+                for k, ts in dask_scheduler.tasks.items()
+                if str(k).startswith("par-")
+            },
+        }
+
+    return client.run_on_scheduler(view)
+
+
+def _hang_report(client, log_path=None):
+    """Everything known about a hung call: scheduler view, worker clients, all threads,
+    and the end of the cluster's log (each part best effort)."""
+    import concurrent.futures
+
+    parts = []
+    ex = concurrent.futures.ThreadPoolExecutor(2)
+    try:
+        for title, fn in (
+            ("scheduler", lambda: _scheduler_view(client)),
+            ("worker clients", lambda: client.run(client_state, on_error="return")),
+        ):
+            try:
+                parts.append(f"{title}: {ex.submit(fn).result(timeout=15)!r}")
+            except Exception as exc:
+                parts.append(f"{title}: <unavailable: {exc!r}>")
+    finally:
+        ex.shutdown(wait=False)
+    parts.append(f"all threads of the workers:\n{_all_thread_stacks(client)}")
+    if log_path is not None:
+        try:
+            parts.append("cluster log (end):\n" + log_path.read_text(errors="replace")[-6000:])
+        except OSError as exc:
+            parts.append(f"cluster log: <unavailable: {exc!r}>")
+    return "\n".join(parts)
 
 
 def _all_thread_stacks(client, timeout=15):
@@ -293,8 +356,7 @@ def test_dask_nested_parallel_does_not_deadlock(cluster):
         except TimeoutError:
             # hangs about 1 run in 17 of the full suite (issue 7, open): say where the tasks are
             pytest.fail(
-                f"the nested call did not finish in 60 s; tasks on the cluster: {_par_tasks(client)}; "
-                f"their stacks: {client.call_stack()}\nall threads of the workers:\n{_all_thread_stacks(client)}"
+                f"the nested call did not finish in 60 s\n{_hang_report(client, _CLUSTER_LOG.get('path'))}"
             )
     assert out == [30, 30]
 
