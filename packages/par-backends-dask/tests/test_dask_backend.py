@@ -7,6 +7,7 @@ covers them).
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import socket
@@ -252,7 +253,11 @@ def test_dask_abort_cancels_pending_futures(backend, client):
     assert all(f.status == "cancelled" for f in pending)
     with pytest.raises(distributed.CancelledError):
         backend.retrieve_result_callback(pending[0])
+    # The futures are released when no object refers to them any more; the exception
+    # raised just above (traceback -> frames -> futures) may sit in a reference cycle
+    # until the collector runs, which can be long after: run it now.
     del running, pending
+    gc.collect()
 
     def par_keys(dask_scheduler):
         return [k for k in dask_scheduler.tasks if str(k).startswith("par-sleep")]
