@@ -270,6 +270,94 @@ def test_dask_abort_cancels_pending_futures(backend, client):
     assert run_batches(backend, [one(abs, -1)]) == [[1]]
 
 
+# -- completion watch: a lost message costs seconds, not a hang -------------------------
+@pytest.fixture()
+def quick_watch(backend):
+    backend.watch_interval, backend.watch_after, backend.watch_grace = 0.1, 0.5, 0.3
+    return backend
+
+
+def _submit_and_wait(backend, batch, timeout=20):
+    """Submit one batch as the par scheduler does; wait for its callback (not for the
+    returned future, which a recovery replaces); return (returned future, callback's)."""
+    got = []
+    event = threading.Event()
+
+    def callback(out):
+        got.append(out)
+        event.set()
+
+    backend.start_call()
+    try:
+        future = backend.submit(batch, callback=callback)
+        assert event.wait(timeout), "the batch's completion never reached the caller"
+        time.sleep(0.5)  # a second callback would arrive by now
+        return future, got
+    finally:
+        backend.stop_call()
+
+
+def test_dask_watch_completes_a_batch_whose_done_callback_is_lost(quick_watch, monkeypatch, caplog):
+    # dask never calls back (the callback registration is dropped): the watcher sees the
+    # future done and completes it
+    monkeypatch.setattr(distributed.Future, "add_done_callback", lambda self, fn: None)
+    with caplog.at_level("WARNING", logger="par_backends_dask"):
+        future, got = _submit_and_wait(quick_watch, one(abs, -5))
+    assert got == [future]  # once, with the batch's own future
+    assert quick_watch.retrieve_result_callback(future) == [5]
+    assert "did not run within" in caplog.text
+
+
+def _drop_completion_reports(client, monkeypatch, times):
+    """Make ``client`` ignore the scheduler's 'key-in-memory' reports of par batches,
+    ``times`` times: the scheduler has the result, the client never hears of it."""
+    original = client._stream_handlers["key-in-memory"]
+    dropped = []
+
+    def handler(key=None, **kwargs):
+        if str(key).startswith("par-") and len(dropped) < times:
+            dropped.append(key)
+            return None
+        return original(key=key, **kwargs)
+
+    monkeypatch.setitem(client._stream_handlers, "key-in-memory", handler)
+    return dropped
+
+
+def test_dask_watch_resubmits_a_batch_whose_completion_report_is_lost(
+    quick_watch, client, monkeypatch, caplog
+):
+    dropped = _drop_completion_reports(client, monkeypatch, times=1)
+    with caplog.at_level("WARNING", logger="par_backends_dask"):
+        future, got = _submit_and_wait(quick_watch, one(abs, -7))
+    assert dropped == [future.key]
+    assert len(got) == 1 and got[0].key != future.key  # the resubmitted batch's future
+    assert quick_watch.retrieve_result_callback(got[0]) == [7]
+    assert "has it in state 'memory'" in caplog.text and "submitting the batch again (1 of 3)" in caplog.text
+
+
+def test_dask_watch_gives_up_with_a_clear_error(quick_watch, client, monkeypatch):
+    quick_watch.max_recoveries = 1
+    dropped = _drop_completion_reports(client, monkeypatch, times=10)
+    _, got = _submit_and_wait(quick_watch, one(abs, -7))
+    assert len(dropped) == 2 and len(got) == 1
+    with pytest.raises(RuntimeError, match="never told that it finished, 1 times"):
+        quick_watch.retrieve_result_callback(got[0])
+
+
+def test_dask_watch_leaves_long_running_batches_alone(quick_watch, caplog):
+    # older than watch_after, but the scheduler has it processing: no recovery
+    with caplog.at_level("WARNING", logger="par_backends_dask"):
+        future, got = _submit_and_wait(quick_watch, one(time.sleep, 2))
+    assert got == [future]
+    assert [r.getMessage() for r in caplog.records if r.name == "par_backends_dask"] == []
+    assert not quick_watch._pending
+    deadline = time.monotonic() + 5
+    while quick_watch._watcher is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert quick_watch._watcher is None  # the watcher thread ends with the last batch
+
+
 # -- arguments: scattered once per call -----------------------------------------------
 def test_dask_large_array_scattered_once(backend):
     np = pytest.importorskip("numpy")

@@ -22,15 +22,28 @@ on the first error, a timeout or an interrupt). What is specific to dask:
   from a task running on a dask worker waits for its results, that task leaves the
   worker's thread pool (``distributed.secede``; ``rejoin`` at the end of the call), so
   waiting parents never hold every thread while their children queue.
+- **Completion watch**: completions come from ``Future.add_done_callback``. While
+  batches are pending, a watcher thread checks them every ``watch_interval`` seconds: a
+  future that is done but whose callback has not run within ``watch_grace`` seconds is
+  completed by the watcher; a batch pending for more than ``watch_after`` seconds is
+  looked up on the scheduler, and one that the scheduler reports finished (or does not
+  know) while this client still waits for it, for ``watch_grace`` seconds, is submitted
+  again under a new key (with a warning in the log), at most ``max_recoveries`` times
+  before it fails with a ``RuntimeError``. A lost message thus costs seconds, not a hang
+  (an intermittent hang of nested calls on worker clients was seen in testing, cause
+  not found in dask).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
+from concurrent.futures import Future as _LocalFuture
 from typing import Any
 
 import distributed
@@ -44,6 +57,23 @@ __all__ = ["DaskBackend"]
 _BACKEND_KWARGS = ("client", "scheduler_address", "scatter_threshold", "connect_timeout")
 
 _local = threading.local()
+_logger = logging.getLogger("par_backends_dask")
+
+
+class _Batch:
+    """A submitted batch: its current dask future, what ``client.submit`` was given (to
+    submit it again) and the scheduler's completion callback, fired once."""
+
+    __slots__ = ("args", "callback", "fired", "future", "recoveries", "since", "suspect_since")
+
+    def __init__(self, args: tuple[Any, ...], callback: Callable[[Any], None] | None) -> None:
+        self.args = args
+        self.callback = callback
+        self.future: Any = None
+        self.fired = False
+        self.since = time.monotonic()  # submitted (or submitted again) at
+        self.suspect_since: float | None = None  # first seen done here or lost there
+        self.recoveries = 0
 
 
 def _secede() -> bool:
@@ -129,6 +159,12 @@ class DaskBackend(ParallelBackendBase):
     supports_auto_batching = True
     supports_transport_hooks = False
 
+    #: Completion watch (see the module docstring), in seconds.
+    watch_interval = 1.0
+    watch_after = 5.0
+    watch_grace = 3.0
+    max_recoveries = 3
+
     def __init__(
         self,
         client: Any = None,
@@ -154,7 +190,9 @@ class DaskBackend(ParallelBackendBase):
     def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._active_client: Any = None
-        self._pending: set[Any] = set()
+        self._pending: dict[Any, _Batch] = {}  # current dask future -> its batch
+        self._watcher: threading.Thread | None = None
+        self._wake_watcher = threading.Event()  # set when no batch is pending any more
         self._args: CallArguments | None = None
         self._seceded_thread: int | None = None
         self._options: dict[str, Any] = {}
@@ -264,31 +302,135 @@ class DaskBackend(ParallelBackendBase):
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         """Send the batch ``func`` as one dask task; ``callback(future)`` fires once it is
-        done (from dask's callback thread). Returns the ``distributed.Future``."""
-        client = self.get_client()
+        done (from dask's callback thread, or from the completion watcher). Returns the
+        ``distributed.Future``."""
         with self._lock:
             args = self._args
         if args is None:  # submit without start_call (direct use of the backend)
             self.start_call()
-            args = self._args
+            with self._lock:
+                args = self._args
             assert args is not None
         batch, futures = args.prepare(func)
-        key = _batch_key(func)
-        if futures:
-            future = client.submit(run_batch, batch, *futures, key=key, pure=False)
-        else:
-            future = client.submit(batch, key=key, pure=False)
+        entry = _Batch((run_batch, batch, *futures) if futures else (batch,), callback)
+        return self._send(entry, _batch_key(func))
+
+    def _send(self, entry: _Batch, key: str) -> Any:
+        """Submit ``entry`` under ``key``, make it the batch's current future and start
+        the completion watcher when it is not running."""
+        future = self.get_client().submit(*entry.args, key=key, pure=False)
         with self._lock:
-            self._pending.add(future)
-
-        def done(fut: Any) -> None:
-            with self._lock:
-                self._pending.discard(fut)
-            if callback is not None:
-                callback(fut)
-
-        future.add_done_callback(done)
+            entry.future = future
+            entry.since = time.monotonic()
+            entry.suspect_since = None
+            self._pending[future] = entry
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="par-dask-watch", daemon=True)
+                self._watcher.start()
+        future.add_done_callback(lambda fut: self._fire(entry, fut))
         return future
+
+    def _fire(self, entry: _Batch, fut: Any) -> None:
+        """Run the batch's callback with ``fut``, once, and only for its current future."""
+        with self._lock:
+            self._pending.pop(fut, None)
+            if not self._pending:
+                self._wake_watcher.set()  # it ends now, not at its next tick
+            if entry.fired or fut is not entry.future:
+                return  # a replaced future's late callback, or a second one
+            entry.fired = True
+        if entry.callback is not None:
+            entry.callback(fut)
+
+    # -- completion watch -------------------------------------------------------------
+    def _watch(self) -> None:
+        """Watcher thread: runs while batches are pending (see the module docstring)."""
+        while True:
+            self._wake_watcher.wait(self.watch_interval)
+            with self._lock:
+                self._wake_watcher.clear()
+                if not self._pending:
+                    self._watcher = None
+                    return
+                entries = list(self._pending.values())
+            try:
+                self._check(entries)
+            except Exception:  # the watch must never break the call
+                _logger.debug("par dask completion watch failed", exc_info=True)
+
+    def _check(self, entries: list[_Batch]) -> None:
+        now = time.monotonic()
+        grace = self.watch_grace
+        ask: dict[str, _Batch] = {}
+        for entry in entries:
+            fut = entry.future
+            if fut.done():  # finished here: its callback should be running by now
+                entry.suspect_since = entry.suspect_since or now
+                if now - entry.suspect_since >= grace:
+                    _logger.warning(
+                        "par: the done-callback of dask future %r did not run within %g s; "
+                        "completing it from the watcher",
+                        fut.key,
+                        grace,
+                    )
+                    self._fire(entry, fut)
+            elif now - entry.since >= self.watch_after:
+                ask[fut.key] = entry
+        if not ask:
+            return
+        client = self.get_client()
+        states = client.sync(client.scheduler.get_task_status, keys=list(ask), callback_timeout=30)
+        now = time.monotonic()
+        for key, entry in ask.items():
+            state = states.get(key)
+            if state not in (None, "memory", "erred", "released", "forgotten") or entry.future.done():
+                entry.suspect_since = None  # queued or running there: keep waiting
+                continue
+            entry.suspect_since = entry.suspect_since or now
+            if now - entry.suspect_since >= grace:
+                self._recover(entry, key, state)
+
+    def _recover(self, entry: _Batch, key: str, state: str | None) -> None:
+        """The scheduler says ``key`` is over (or unknown) but this client never heard:
+        submit the batch again under a new key, or fail it after ``max_recoveries``."""
+        with self._lock:
+            if entry.fired or entry.future.key != key or self._args is None:
+                return  # completed, already resubmitted, or the call is over
+            old = entry.future
+            self._pending.pop(old, None)
+            entry.recoveries += 1
+            give_up = entry.recoveries > self.max_recoveries
+        what = "does not know it" if state is None else f"has it in state {state!r}"
+        if give_up:
+            failed: _LocalFuture[Any] = _LocalFuture()
+            failed.set_exception(
+                RuntimeError(
+                    f"The dask scheduler {what} for the par batch {key!r}, but this client was never "
+                    f"told that it finished, {self.max_recoveries} times in a row: the connection "
+                    f"between this client and the scheduler loses messages. Check the scheduler's "
+                    f"and this process's logs."
+                )
+            )
+            with self._lock:
+                entry.future = failed
+            self._cancel_quietly(old)
+            self._fire(entry, failed)
+            return
+        _logger.warning(
+            "par: the dask scheduler %s for batch %r, but this client still waits for it after "
+            "%g s; submitting the batch again (%d of %d)",
+            what,
+            key,
+            self.watch_grace,
+            entry.recoveries,
+            self.max_recoveries,
+        )
+        self._send(entry, f"{key.rsplit('-', 1)[0]}-{uuid.uuid4().hex}")
+        self._cancel_quietly(old)  # after the switch: its callback is then ignored
+
+    def _cancel_quietly(self, future: Any) -> None:
+        with contextlib.suppress(Exception):
+            self.get_client().cancel([future])
 
     def retrieve_result_callback(self, out: Any) -> Any:
         """The batch's list of results, or its task's exception re-raised with the
@@ -322,7 +464,8 @@ class DaskBackend(ParallelBackendBase):
         call's scattered arguments. The client stays: the backend remains usable."""
         with self._lock:
             pending = list(self._pending)
-            self._pending.clear()
+            self._pending.clear()  # the watcher stops; dask still fires the callbacks
+            self._wake_watcher.set()
             args, self._args = self._args, None
             if len(self._cancelled) > 10000:
                 self._cancelled.clear()
