@@ -259,13 +259,17 @@ def test_dask_abort_cancels_pending_futures(backend, client):
     del running, pending
     gc.collect()
 
-    def par_keys(dask_scheduler):
-        return [k for k in dask_scheduler.tasks if str(k).startswith("par-sleep")]
+    def par_keys(dask_scheduler):  # with their state and who wants them, for the report
+        return [
+            (k, ts.state, sorted(str(c.client_key) for c in ts.who_wants or ()))
+            for k, ts in dask_scheduler.tasks.items()
+            if str(k).startswith("par-sleep")
+        ]
 
     deadline = time.monotonic() + 10
     while client.run_on_scheduler(par_keys) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert client.run_on_scheduler(par_keys) == []
+    assert client.run_on_scheduler(par_keys) == [], f"this client: {client.id}"
     # ensure_ready: the backend still works
     assert run_batches(backend, [one(abs, -1)]) == [[1]]
 
