@@ -64,7 +64,7 @@ class _Batch:
     """A submitted batch: its current dask future, what ``client.submit`` was given (to
     submit it again) and the scheduler's completion callback, fired once."""
 
-    __slots__ = ("args", "callback", "fired", "future", "recoveries", "since", "suspect_since")
+    __slots__ = ("args", "asked", "callback", "fired", "future", "recoveries", "since", "suspect_since")
 
     def __init__(self, args: tuple[Any, ...], callback: Callable[[Any], None] | None) -> None:
         self.args = args
@@ -73,6 +73,7 @@ class _Batch:
         self.fired = False
         self.since = time.monotonic()  # submitted (or submitted again) at
         self.suspect_since: float | None = None  # first seen done here or lost there
+        self.asked = 0.0  # last looked up on the scheduler at
         self.recoveries = 0
 
 
@@ -374,7 +375,10 @@ class DaskBackend(ParallelBackendBase):
                         grace,
                     )
                     self._fire(entry, fut)
-            elif now - entry.since >= self.watch_after:
+            elif now - entry.since >= self.watch_after and (
+                entry.suspect_since is not None or now - entry.asked >= self.watch_after
+            ):  # a batch running for long is looked up every watch_after seconds
+                entry.asked = now
                 ask[fut.key] = entry
         if not ask:
             return
