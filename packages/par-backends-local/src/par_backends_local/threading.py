@@ -142,7 +142,7 @@ class ThreadResult:
 _STOP = None
 
 
-def _worker_loop(queue: SimpleQueue[Any], running: set[int]) -> None:
+def _worker_loop(queue: SimpleQueue[Any], running: set[int], interrupted: set[int]) -> None:
     get = queue.get
     ident = threading.get_ident()
     try:
@@ -156,9 +156,16 @@ def _worker_loop(queue: SimpleQueue[Any], running: set[int]) -> None:
                 value = func()
             except BaseException as exc:
                 running.discard(ident)
+                if ident in interrupted:  # an abort targeted this task: see below
+                    _async_raise(ident, None)
                 out._complete(_FAILED, exc)
             else:
                 running.discard(ident)
+                if ident in interrupted:
+                    # The task ended before the abort's exception was delivered: withdraw
+                    # it now, before any other code (say, a finalizer that the collector
+                    # runs in this thread) can receive it and be cut short.
+                    _async_raise(ident, None)
                 out._complete(_OK, value)
             del func, item
             if callback is not None:
@@ -182,9 +189,14 @@ class _ThreadPool:
         self.queue: SimpleQueue[Any] = SimpleQueue()
         #: idents of the threads running a task now
         self.running: set[int] = set()
+        #: idents of the threads that an abort interrupted (this pool is then discarded)
+        self.interrupted: set[int] = set()
         self.threads = [
             threading.Thread(
-                target=_worker_loop, args=(self.queue, self.running), name=f"par-threading-{i}", daemon=True
+                target=_worker_loop,
+                args=(self.queue, self.running, self.interrupted),
+                name=f"par-threading-{i}",
+                daemon=True,
             )
             for i in range(n)
         ]
@@ -208,6 +220,7 @@ class _ThreadPool:
         ``grace`` seconds (blocked in C code, they finish the task normally)."""
         current = threading.get_ident()
         targets = [t.ident for t in self.threads if t.ident in self.running and t.ident != current]
+        self.interrupted.update(ident for ident in targets if ident is not None)
         targets = [ident for ident in targets if ident is not None and _async_raise(ident, TaskCancelled)]
         if not targets:
             return
