@@ -375,6 +375,11 @@ class Forwarded:
         """The wrapped payload's ``functions`` (see ``par_api.TransportHooks``)."""
         return getattr(self.payload, "functions", None)
 
+    @property
+    def n_tasks(self) -> Any:
+        """The wrapped payload's number of tasks (counted for ``max_tasks_per_child``)."""
+        return getattr(self.payload, "n_tasks", 1)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (Forwarded, (self.payload, self.address, self.token, self.level))
 
