@@ -85,3 +85,21 @@ def test_memory_limit_default_leaves_workers_alone():
     with Parallel(n_jobs=2, backend="multiprocessing", batch_size=1) as parallel:
         out = parallel(delayed(leak)(i) for i in range(6))
     assert len({pid for pid, _ in out}) <= 2
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(10, 10), (100, 50), (67, 1), (1, 1)])
+def test_auto_batches_divide_max_tasks_per_child(limit, expected):
+    p = Parallel(n_jobs=2, backend="loky", max_tasks_per_child=limit)
+    assert p._batch_size_for(p._backend) == expected
+    assert (
+        Parallel(n_jobs=2, backend="loky", batch_size=7, max_tasks_per_child=limit)._batch_size_for(
+            p._backend
+        )
+        == 7
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_auto_batching_runs_exactly_max_tasks_per_child(backend):
+    pids = Parallel(n_jobs=2, backend=backend, max_tasks_per_child=10)(delayed(whoami)(i) for i in range(100))
+    assert set(collections.Counter(pids).values()) == {10}

@@ -52,6 +52,13 @@ def test_after_batch_counts_tasks_and_checks_memory(monkeypatch):
         _recycling.init_worker(None, 1 << 50)
         _recycling.after_batch(1)
         assert not _recycling.leaving()
+        # A batch that grew the worker by X leaves when one more X would pass the limit.
+        used = _recycling.rss()
+        if used is not None:
+            monkeypatch.setattr(_recycling, "_last_rss", used - 60 * 2**20)
+            monkeypatch.setattr(_recycling, "_max_memory", used + 50 * 2**20)
+            _recycling.after_batch(1)
+            assert _recycling.leaving()
     finally:
         _recycling.init_worker(None, None)
     assert not _recycling.active

@@ -2,7 +2,9 @@
 
 A process worker counts the tasks it ran (from each batch's ``n_tasks``) and, after
 each batch, compares that count with ``max_tasks_per_child`` and its resident memory
-(RSS) with ``max_worker_memory``. Past a limit it asks to leave: it returns the batch's
+(RSS) with ``max_worker_memory``: it leaves when its RSS is over the limit, or when one
+more batch growing it as much as the last one did would take it over (a worker leaking
+a steady amount per task is replaced before it passes the limit, not after). Past a limit it asks to leave: it returns the batch's
 results normally and then exits *between* two batches, the way each pool already
 retires workers, so that no batch is lost and the pool starts a replacement:
 
@@ -48,6 +50,7 @@ _done = 0
 _leaving = False
 _loky_call_queue: Any = None
 _loky_result_queue: Any = None
+_last_rss: int | None = None
 #: Set in the worker by init_worker: after_batch has something to check.
 active = False
 
@@ -85,8 +88,9 @@ def _find_loky_loop() -> None:
 
 def init_worker(max_tasks: int | None, max_memory: int | None) -> None:
     """Worker initializer step: the limits of this worker."""
-    global _max_tasks, _max_memory, _done, _leaving, active
+    global _max_tasks, _max_memory, _done, _leaving, active, _last_rss
     _max_tasks, _max_memory, _done, _leaving = max_tasks, max_memory, 0, False
+    _last_rss = rss() if max_memory is not None else None
     active = max_tasks is not None or max_memory is not None
     _find_loky_loop()
 
@@ -130,11 +134,17 @@ def after_batch(n_tasks: int) -> None:
         _leave()
         return
     if _max_memory is not None:
+        global _last_rss
         used = rss()
-        if used is not None and used > _max_memory:
+        if used is None:
+            return
+        # The batch grew the worker by this much: one more like it would pass the limit.
+        growth = max(used - _last_rss, 0) if _last_rss is not None else 0
+        _last_rss = used
+        if used + growth > _max_memory:
             gc.collect()  # garbage in reference cycles is not a reason to leave
             used = rss()
-            if used is not None and used > _max_memory:
+            if used is not None and (used > _max_memory or used + growth > _max_memory):
                 _leave()
 
 

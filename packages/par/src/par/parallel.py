@@ -44,6 +44,9 @@ from par_scheduler import ProgressEvent
 from . import _forwarding
 from .progress import TqdmLike, check_progress, make_progress_listener
 
+#: Largest fixed batch used with ``max_tasks_per_child`` and ``batch_size='auto'``.
+MAX_RECYCLING_BATCH = 64
+
 
 def _pick(value: Any, name: str, cfg: Any) -> Any:
     """The value passed, else the active configuration's (set or documented default)."""
@@ -291,7 +294,7 @@ class Parallel:
             backend,
             iterable,
             n_jobs=n_jobs,
-            batch_size=self.batch_size,
+            batch_size=self._batch_size_for(backend),
             pre_dispatch=self.pre_dispatch,
             return_as=self.return_as,
             timeout=self.timeout,
@@ -299,6 +302,16 @@ class Parallel:
             ensure_ready=self._managed,
             on_finish=on_finish,
         )
+
+    def _batch_size_for(self, backend: ParallelBackendBase) -> int | str:
+        """``batch_size``, except that with ``max_tasks_per_child=N`` and automatic
+        batching, process workers get fixed batches of the largest divisor of N up to
+        :data:`MAX_RECYCLING_BATCH`: a worker retires after the batch that reaches N
+        tasks, so batches dividing N make it run exactly N."""
+        limit = self.max_tasks_per_child
+        if limit is None or self.batch_size != "auto" or not backend.supports_transport_hooks:
+            return self.batch_size  # type: ignore[no-any-return]
+        return max(d for d in range(1, min(limit, MAX_RECYCLING_BATCH) + 1) if limit % d == 0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
