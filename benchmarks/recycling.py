@@ -105,8 +105,6 @@ def run_leak(lib: str, p: dict[str, Any]) -> dict[str, Any]:
         from par import Parallel, delayed
 
         kwargs: dict[str, Any] = {"max_worker_memory": f"{p['limit_mb']}M"}
-        if p.get("batch_size"):
-            kwargs["batch_size"] = p["batch_size"]
     else:
         from joblib import Parallel, delayed
 
@@ -127,7 +125,8 @@ def run_leak(lib: str, p: dict[str, Any]) -> dict[str, Any]:
             out["succeeded"] = len(res)
         except Exception as exc:
             out["succeeded"] = 0
-            out["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            cause = exc.__cause__
+            out["error"] = f"{type(exc).__name__}: {str(exc)[:200]}" + (f" (cause: {cause})" if cause else "")
         out["time_s"] = time.perf_counter() - t0
     out["parent_mb"] = peak.base_mb
     out["peak_mb"] = peak.peak_mb
@@ -154,7 +153,7 @@ def run_cost(lib: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 MEASUREMENTS = {
-    "leak": (run_leak, ("par", "par_batch1", "joblib")),
+    "leak": (run_leak, ("par", "joblib")),
     "cost": (run_cost, ("loky", "multiprocessing")),
 }
 FULL = {
@@ -170,8 +169,6 @@ QUICK = {
 def one(name: str, lib: str, quick: bool) -> None:
     func, _ = MEASUREMENTS[name]
     params = dict((QUICK if quick else FULL)[name])
-    if lib == "par_batch1":
-        lib, params["batch_size"] = "par", 1
     print(MARKER + json.dumps(func(lib, params)), flush=True)
 
 

@@ -99,6 +99,12 @@ def test_auto_batches_divide_max_tasks_per_child(limit, expected):
     )
 
 
+def test_max_worker_memory_sends_one_task_per_batch():
+    p = Parallel(n_jobs=2, backend="loky", max_worker_memory="1G", max_tasks_per_child=10)
+    assert p._batch_size_for(p._backend) == 1
+    assert Parallel(n_jobs=2, backend="loky", max_worker_memory="1G", batch_size=5)._batch_size_for(p._backend) == 5
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_auto_batching_runs_exactly_max_tasks_per_child(backend):
     pids = Parallel(n_jobs=2, backend=backend, max_tasks_per_child=10)(delayed(whoami)(i) for i in range(100))

@@ -304,12 +304,17 @@ class Parallel:
         )
 
     def _batch_size_for(self, backend: ParallelBackendBase) -> int | str:
-        """``batch_size``, except that with ``max_tasks_per_child=N`` and automatic
-        batching, process workers get fixed batches of the largest divisor of N up to
-        :data:`MAX_RECYCLING_BATCH`: a worker retires after the batch that reaches N
-        tasks, so batches dividing N make it run exactly N."""
+        """``batch_size``, except with automatic batching on process backends: with
+        ``max_worker_memory``, one task per batch (the memory is checked after each
+        batch); with ``max_tasks_per_child=N``, fixed batches of the largest divisor of N
+        up to :data:`MAX_RECYCLING_BATCH` (a worker retires after the batch that reaches
+        N tasks, so batches dividing N make it run exactly N)."""
         limit = self.max_tasks_per_child
-        if limit is None or self.batch_size != "auto" or not backend.supports_transport_hooks:
+        if self.batch_size != "auto" or not backend.supports_transport_hooks:
+            return self.batch_size  # type: ignore[no-any-return]
+        if self.max_worker_memory is not None:
+            return 1  # memory is checked after each batch: then after each task
+        if limit is None:
             return self.batch_size  # type: ignore[no-any-return]
         return max(d for d in range(1, min(limit, MAX_RECYCLING_BATCH) + 1) if limit % d == 0)
 
