@@ -92,8 +92,10 @@ def test_bench_mpire_workloads_with_worker_state_run_for_par(tmp_path: Path) -> 
     out = tmp_path / "bench.json"
     workloads = "mpire_stateful,mpire_expensive_init"
     proc = subprocess.run(
-        [sys.executable, str(RUN), "--workloads", workloads, "--quick", "--reps", "1", "--libs", "par"]
-        + ["--out", str(out), "--no-chart"],
+        [
+            *(sys.executable, str(RUN), "--workloads", workloads, "--quick", "--reps", "1"),
+            *("--libs", "par", "--out", str(out), "--no-chart"),
+        ],
         capture_output=True,
         text=True,
         timeout=110,
