@@ -180,3 +180,19 @@ def test_limits_need_a_process_backend():
         Parallel(n_jobs=2, backend="threading", max_tasks_per_child=3)
     with parallel_config(max_worker_memory="1G"):  # configured globally: ignored by threads
         assert Parallel(n_jobs=2, backend="threading")(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
+
+
+def _log_to_worker_file(path):
+    handler = logging.FileHandler(path)
+    logging.getLogger().addHandler(handler)
+
+
+def test_handlers_set_up_by_an_initializer_keep_working(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="par_test_workers")
+    path = tmp_path / "worker.log"
+    Parallel(n_jobs=2, backend="multiprocessing", initializer=_log_to_worker_file, initargs=(str(path),))(
+        delayed(log_and_print)(i) for i in range(4)
+    )
+    assert sorted(path.read_text().splitlines()) == sorted(f"info from task {i}" for i in range(4))
+    records = [r for r in caplog.records if r.name == "par_test_workers"]
+    assert len(records) == 4  # forwarded once each, not once more by an inherited handler

@@ -4,9 +4,9 @@ With ``forward_output=True`` (the default) each batch sent to a process worker i
 wrapped in a :class:`Forwarded`. In the worker, while the batch runs:
 
 - ``sys.stdout``/``sys.stderr`` write into a buffer of the batch;
-- a handler on the worker's root logger (the only one: handlers inherited through
-  ``fork`` are removed, so nothing is printed twice) puts each record in the same
-  buffer, after formatting its message and traceback into text as
+- a handler on the worker's root logger puts each record in the same buffer (the
+  parent's root handlers that a worker inherited through ``fork`` are removed, so
+  nothing is printed twice; handlers the worker set up itself stay), after formatting its message and traceback into text as
   :class:`logging.handlers.QueueHandler` does. The worker's root level is set to the
   lowest level the parent's loggers let through, so filtering happens in the parent.
 
@@ -192,8 +192,11 @@ def parent_level() -> int:
 def forwarding_serializer(serialize: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Wrap ``serialize`` (a ``TransportHooks.serialize_batch``) so that each batch it
     makes is sent as a :class:`Forwarded`."""
+    global _parent_handlers
     srv = server()
     address, token, level = srv.address, srv.token, parent_level()
+    # Workers started by fork inherit these: they remove them (see _worker_channel).
+    _parent_handlers = tuple(logging.getLogger().handlers)
 
     def serialize_forwarded(batch: Any) -> Forwarded:
         return Forwarded(serialize(batch), address, token, level)
@@ -340,6 +343,7 @@ class _ForwardHandler(logging.Handler):
 
 
 _FORMATTER = logging.Formatter()
+_parent_handlers: tuple[logging.Handler, ...] = ()
 _channel: _Channel | None = None
 _active = False
 _handler: _ForwardHandler | None = None
@@ -353,8 +357,11 @@ def _worker_channel(address: Any, token: bytes) -> _Channel:
     if _handler is None:
         _handler = _ForwardHandler()
         root = logging.getLogger()
-        for inherited in list(root.handlers):  # handlers copied by fork would print twice
-            root.removeHandler(inherited)
+        for inherited in list(root.handlers):
+            # The parent's handlers copied by fork would print the records a second time;
+            # handlers that the worker set up itself (an initializer) stay.
+            if any(inherited is h for h in _parent_handlers):
+                root.removeHandler(inherited)
         root.addHandler(_handler)
     return channel
 
