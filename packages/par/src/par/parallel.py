@@ -311,11 +311,11 @@ class Parallel:
         N tasks, so batches dividing N make it run exactly N)."""
         limit = self.max_tasks_per_child
         if self.batch_size != "auto" or not backend.supports_transport_hooks:
-            return self.batch_size  # type: ignore[no-any-return]
+            return self.batch_size
         if self.max_worker_memory is not None:
             return 1  # memory is checked after each batch: then after each task
         if limit is None:
-            return self.batch_size  # type: ignore[no-any-return]
+            return self.batch_size
         return max(d for d in range(1, min(limit, MAX_RECYCLING_BATCH) + 1) if limit % d == 0)
 
     def __repr__(self) -> str:
