@@ -193,13 +193,15 @@ def forwarding_serializer(serialize: Callable[[Any], Any]) -> Callable[[Any], An
     """Wrap ``serialize`` (a ``TransportHooks.serialize_batch``) so that each batch it
     makes is sent as a :class:`Forwarded`."""
     global _parent_handlers
-    srv = server()
-    address, token, level = srv.address, srv.token, parent_level()
+    level = parent_level()
     # Workers started by fork inherit these: they remove them (see _worker_channel).
     _parent_handlers = tuple(logging.getLogger().handlers)
 
     def serialize_forwarded(batch: Any) -> Forwarded:
-        return Forwarded(serialize(batch), address, token, level)
+        # The server (a thread) starts with the first batch, not before: a call that
+        # fails while being set up leaves nothing running.
+        srv = server()
+        return Forwarded(serialize(batch), srv.address, srv.token, level)
 
     return serialize_forwarded
 
