@@ -63,9 +63,11 @@ def rss() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError, AttributeError):
         pass
-    try:  # pragma: no cover - not Linux
-        import psutil
+    try:  # pragma: no cover - not Linux: psutil when the user installed it (optional,
+        # not a dependency of this package; without it max_worker_memory never triggers)
+        import importlib
 
+        psutil = importlib.import_module("psutil")
         return int(psutil.Process().memory_info().rss)
     except Exception:  # pragma: no cover
         return None
