@@ -755,4 +755,44 @@ _W: list[Workload] = [
     ),
 ]
 
+# mpire's three-workload benchmark (issue 19): benchmarks/workloads_mpire.py.
+from workloads_mpire import w_expensive_init, w_numerical, w_stateful  # noqa: E402
+
+_CHECK = Metric("", chart=False)  # the same value for every library: a correctness check
+_W += [
+    Workload(
+        "mpire_numerical",
+        w_numerical,
+        {"size": 5000},
+        {"size": 300},
+        {"time_s": Metric(S), "checksum": _CHECK},
+        (Target("time_s", "ratio", "<=", 0.5),),
+        refs=("mpire",),
+        numpy=True,
+        doc="convolve2d of one 5000x5000 image with 10*n_jobs 4x4 filters, [::5, ::5]",
+    ),
+    Workload(
+        "mpire_stateful",
+        w_stateful,
+        {"docs": 2000, "words": 10_000, "spread": 5_000},
+        {"docs": 40, "words": 1_000, "spread": 500},
+        {"time_s": Metric(S), "checksum": _CHECK},
+        (Target("time_s", "ratio", "<=", 0.5),),
+        refs=("mpire",),
+        numpy=True,
+        doc="per-worker counts of word prefixes over 2,000 unbalanced documents, combined at the end",
+    ),
+    Workload(
+        "mpire_expensive_init",
+        w_expensive_init,
+        {"size": 2000, "load_s": 1.0, "tasks": 500, "batch": 8},
+        {"size": 200, "load_s": 0.1, "tasks": 20, "batch": 4},
+        {"time_s": Metric(S), "checksum": _CHECK},
+        (Target("time_s", "ratio", "<=", 0.5),),
+        refs=("mpire",),
+        numpy=True,
+        doc="a model built once per worker (2,000x2,000 weights + 1 s), 500 evaluations",
+    ),
+]
+
 WORKLOADS: dict[str, Workload] = {w.name: w for w in _W}

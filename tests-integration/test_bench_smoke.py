@@ -82,3 +82,28 @@ def test_bench_rejects_unknown_names() -> None:
     )
     assert proc.returncode == 2
     assert "dask" in proc.stderr and "joblib" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_bench_mpire_workloads_with_worker_state_run_for_par(tmp_path: Path) -> None:
+    """The stateful and expensive-initialization workloads of mpire's benchmark, written
+    with par.worker_state(), run and check their own results (counts combined from the
+    workers' states equal the number of words)."""
+    out = tmp_path / "bench.json"
+    workloads = "mpire_stateful,mpire_expensive_init"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(RUN), "--workloads", workloads, "--quick", "--reps", "1"),
+            *("--libs", "par", "--out", str(out), "--no-chart"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for name in workloads.split(","):
+        (run,) = results["workloads"][name]["runs"]["par"]
+        assert "error" not in run, run
+        assert run["metrics"]["time_s"] > 0 and run["metrics"]["checksum"] > 0

@@ -76,6 +76,9 @@ def test_defaults_without_any_configuration() -> None:
         "require": None,
         "inner_max_num_threads": None,
         "progress": None,
+        "max_tasks_per_child": None,
+        "max_worker_memory": None,
+        "forward_output": True,
     }
     with pytest.raises(TypeError):
         DEFAULTS["n_jobs"] = 2  # type: ignore[index]
@@ -94,14 +97,16 @@ def test_parallel_config_signature_matches_the_reference() -> None:
         ("require", inspect.Parameter.KEYWORD_ONLY, "default(None)"),
         ("inner_max_num_threads", inspect.Parameter.KEYWORD_ONLY, "None"),
     ]
-    # par adds one keyword-only option (progress) after the documented ones.
-    names = [name for name in params if name != "progress"]
+    # par adds keyword-only options (progress and the worker options) after the documented ones.
+    additions = ("progress", "max_tasks_per_child", "max_worker_memory", "forward_output")
+    names = [name for name in params if name not in additions]
     assert names == [name for name, _, _ in spec] + ["backend_params"]
     for name, kind, default_repr in spec:
         assert params[name].kind == kind, name
         assert repr(params[name].default) == default_repr, name
     assert params["backend_params"].kind == inspect.Parameter.VAR_KEYWORD
-    assert params["progress"].kind == inspect.Parameter.KEYWORD_ONLY
+    for name in additions:
+        assert params[name].kind == inspect.Parameter.KEYWORD_ONLY
 
 
 def test_parallel_backend_signature_matches_the_reference() -> None:

@@ -443,3 +443,23 @@ def test_dask_unknown_backend_error_names_the_package():
     # the check is that another unknown name is refused with the list of backends.
     with pytest.raises(BackendNotAvailableError, match="dask"):
         make_backend("dask-typo")
+
+
+def _count_in_worker_state():
+    from par_api import worker_state
+
+    state = worker_state()
+    state["n"] = state.get("n", 0) + 1
+    return distributed.get_worker().address, state["n"]
+
+
+def test_dask_worker_state_lives_on_each_worker(backend):
+    batches = [BatchedCalls([Task(_count_in_worker_state, (), {})]) for _ in range(12)]
+    results = [r for batch in run_batches(backend, batches) for r in batch]
+    results += [r for batch in run_batches(backend, batches) for r in batch]  # reused workers
+    by_worker: dict = {}
+    for address, n in results:
+        by_worker.setdefault(address, []).append(n)
+    assert sum(len(v) for v in by_worker.values()) == 24
+    for counts in by_worker.values():  # one dict per dask worker, kept across calls
+        assert sorted(counts) == list(range(1, len(counts) + 1))

@@ -58,6 +58,7 @@ def test_info_json_is_one_object_with_every_section(tmp_path):
         "temp_folder",
         "threadpools",
         "environment",
+        "workers",
     }
     assert data["versions"]["par"] == metadata.version("par")
     for dist in (
@@ -102,6 +103,7 @@ def test_info_text_has_aligned_key_value_sections(tmp_path):
         "backends",
         "temp folder",
         "threadpools",
+        "workers",
         "environment",
     ]
     assert sections["par"]["par"] == metadata.version("par")
@@ -167,3 +169,15 @@ def test_temp_folder_choice_order(tmp_path, monkeypatch):
     fallback = temp_folder_choice()
     assert fallback["folder"] == str(tmp_path)
     assert fallback["reason"] == f"the system temp folder from $TMPDIR ({tmp_path / 'no-shm'} does not exist)"
+
+
+def test_info_shows_the_worker_options():
+    from par import parallel_config
+    from par.info import collect_info, format_info
+
+    with parallel_config(max_tasks_per_child=7, max_worker_memory="2G", forward_output=False):
+        data = collect_info()
+    assert data["workers"]["max_tasks_per_child"] == 7
+    assert data["workers"]["forward_output"] is False
+    text = format_info(data)
+    assert "max_tasks_per_child:" in text and "2.0 GiB" in text

@@ -34,6 +34,13 @@ from .registry import (
     register_parallel_backend,
 )
 from .task import BatchedCalls, Task, TaskTuple, delayed, run_tasks
+from .worker import (
+    bind_worker_state,
+    check_forward_output,
+    check_max_tasks_per_child,
+    check_max_worker_memory,
+    worker_state,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -53,6 +60,10 @@ __all__ = [
     "available_backends",
     "backend_instance",
     "backend_providers",
+    "bind_worker_state",
+    "check_forward_output",
+    "check_max_tasks_per_child",
+    "check_max_worker_memory",
     "check_inner_max_num_threads_supported",
     "check_mmap_mode",
     "check_temp_folder",
@@ -80,4 +91,5 @@ __all__ = [
     "parse_nbytes",
     "register_parallel_backend",
     "run_tasks",
+    "worker_state",
 ]

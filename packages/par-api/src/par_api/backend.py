@@ -51,6 +51,9 @@ class TransportHooks:
     - ``initializer``/``initargs``: run once in each new worker process.
     - ``job_reducers``/``result_reducers``: extra ``copyreg``-style reducers for the
       pickler of the task/result channel, where the backend's pool supports them.
+    - ``max_tasks_per_child``/``max_worker_memory`` (bytes): replace a worker process
+      once it has run that many tasks, or when its resident memory after a batch
+      exceeds that size; None means no limit. A change means new workers.
     """
 
     serialize_batch: Callable[[Any], Any] | None = None
@@ -59,10 +62,18 @@ class TransportHooks:
     initargs: tuple[Any, ...] = ()
     job_reducers: Mapping[type, Callable[[Any], Any]] | None = None
     result_reducers: Mapping[type, Callable[[Any], Any]] | None = None
+    max_tasks_per_child: int | None = None
+    max_worker_memory: int | None = None
 
     def worker_key(self) -> tuple[Any, ...]:
         """What identifies a worker's set-up: equal keys mean workers can be reused."""
-        return (tuple(sorted(self.env.items())), self.initializer, self.initargs)
+        return (
+            tuple(sorted(self.env.items())),
+            self.initializer,
+            self.initargs,
+            self.max_tasks_per_child,
+            self.max_worker_memory,
+        )
 
 
 class ParallelBackendBase(ABC):

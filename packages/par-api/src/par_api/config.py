@@ -18,6 +18,7 @@ from typing import Any
 from .backend import ParallelBackendBase
 from .njobs import check_n_jobs, check_prefer_require, normalize_n_jobs
 from .registry import default_backend_name, make_backend
+from .worker import check_forward_output, check_max_tasks_per_child, check_max_worker_memory
 
 MMAP_MODES = (None, "r+", "r", "w+", "c")
 
@@ -62,6 +63,9 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "require": None,
         "inner_max_num_threads": None,
         "progress": None,
+        "max_tasks_per_child": None,
+        "max_worker_memory": None,
+        "forward_output": True,
     }
 )
 
@@ -82,6 +86,9 @@ class ActiveConfig:
     inner_max_num_threads: int | None
     progress: Any
     explicit: frozenset[str]
+    max_tasks_per_child: int | None = None
+    max_worker_memory: int | str | None = None
+    forward_output: bool = True
     nested: bool = False
 
     def is_set(self, name: str) -> bool:
@@ -256,6 +263,9 @@ class parallel_config:
         require: Any = default(None),
         inner_max_num_threads: Any = None,
         progress: Any = default(None),
+        max_tasks_per_child: Any = default(None),
+        max_worker_memory: Any = default(None),
+        forward_output: Any = default(True),
         **backend_params: Any,
     ) -> None:
         layer: dict[str, Any] = {}
@@ -268,6 +278,9 @@ class parallel_config:
             "prefer": prefer,
             "require": require,
             "progress": progress,
+            "max_tasks_per_child": max_tasks_per_child,
+            "max_worker_memory": max_worker_memory,
+            "forward_output": forward_output,
         }
         for key, value in given.items():
             if not isinstance(value, _Default):
@@ -284,6 +297,12 @@ class parallel_config:
             check_mmap_mode(layer["mmap_mode"])
         if "progress" in layer:
             check_progress_value(layer["progress"])
+        if "max_tasks_per_child" in layer:
+            check_max_tasks_per_child(layer["max_tasks_per_child"])
+        if "max_worker_memory" in layer:
+            check_max_worker_memory(layer["max_worker_memory"])
+        if "forward_output" in layer:
+            check_forward_output(layer["forward_output"])
         check_prefer_require(layer.get("prefer"), layer.get("require"))
         if inner_max_num_threads is not None:
             layer["inner_max_num_threads"] = _check_inner_max_num_threads(inner_max_num_threads)

@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
+from . import _recycling
+
 __all__ = [
     "PARENT_POLL_INTERVAL",
     "TaskTracker",
@@ -97,7 +99,12 @@ class TrackedBatch:
                 os.pwrite(fd, _RECORD.pack(pid, 0, self.token), pid * _SLOT)
             except OSError:
                 pass
-        return self.payload()
+        if not _recycling.active:
+            return self.payload()
+        try:
+            return self.payload()
+        finally:
+            _recycling.after_batch(getattr(self.payload, "n_tasks", 1))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (TrackedBatch, (self.payload, self.token))

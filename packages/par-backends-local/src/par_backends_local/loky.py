@@ -25,7 +25,7 @@ from typing import Any
 
 from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, cpu_count, normalize_n_jobs
 
-from . import _crash, _tracking
+from . import _crash, _recycling, _tracking
 from ._common import (
     adopt_remote_traceback,
     check_backend_kwargs,
@@ -96,6 +96,7 @@ class LokyBackend(ParallelBackendBase):
     def _reset_runtime(self) -> None:
         self._executor: Any = None
         self._executor_args: dict[str, Any] | None = None
+        self._recycles = False
         self._n_jobs: int | None = None
         self._workers: dict[int, Any] = {}
         # token -> batch submitted and not finished, described only if a worker dies
@@ -128,8 +129,11 @@ class LokyBackend(ParallelBackendBase):
         user_init, user_initargs = check_initializer(merged.get("initializer"), merged.get("initargs", ()))
         timeout = _check_timeout(merged.get("idle_worker_timeout", DEFAULT_IDLE_WORKER_TIMEOUT))
 
+        recycling = _recycling.worker_steps(hooks)
+        self._recycles = bool(recycling)
         steps = init_steps(
             *_tracking.worker_steps(),
+            *recycling,
             (hooks.initializer, hooks.initargs) if hooks is not None else (None, ()),
             (user_init, user_initargs),
         )
@@ -179,6 +183,8 @@ class LokyBackend(ParallelBackendBase):
             # The executor broke (a worker died) or was shut down by an abort: start afresh.
             executor = self._get_executor()
             loky_future = executor.submit(payload)
+        if self._recycles:
+            _recycling.quiet_loky_recycling(executor)
         workers = _worker_processes(executor)
         if workers.keys() - self._workers.keys():
             with self._lock:

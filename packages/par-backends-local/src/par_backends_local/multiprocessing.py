@@ -34,7 +34,7 @@ from typing import Any
 
 from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, normalize_n_jobs
 
-from . import _crash, _tracking
+from . import _crash, _recycling, _tracking
 from ._common import (
     adopt_remote_traceback,
     check_backend_kwargs,
@@ -157,7 +157,8 @@ class _PoolState:
                 return
             dead = [sentinels[s] for s in ready if s in sentinels]
             if self.recycles_workers:
-                dead = [p for p in dead if p.exitcode != 0]
+                # (_exitcode waits a moment: the pool's own thread may be reaping it)
+                dead = [p for p in dead if _exitcode(p) != 0]
             if not dead:
                 continue
             if self.closing:
@@ -331,8 +332,10 @@ class MultiprocessingBackend(ParallelBackendBase):
         if maxtasks is not None:
             maxtasks = _check_maxtasks(maxtasks)
         ctx = resolve_context(self._context)
+        maxtasks = _recycling.pool_maxtasks(maxtasks, hooks)
         steps = init_steps(
             *_tracking.worker_steps(),
+            *_recycling.worker_steps(hooks),
             (hooks.initializer, hooks.initargs) if hooks is not None else (None, ()),
             (user_init, user_initargs),
         )

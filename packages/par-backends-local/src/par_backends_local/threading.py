@@ -27,7 +27,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from par_api import ParallelBackendBase, normalize_n_jobs
+from par_api import ParallelBackendBase, bind_worker_state, normalize_n_jobs
 
 from ._common import check_backend_kwargs
 
@@ -145,6 +145,7 @@ _STOP = None
 def _worker_loop(queue: SimpleQueue[Any], running: set[int], interrupted: set[int]) -> None:
     get = queue.get
     ident = threading.get_ident()
+    bind_worker_state({})  # par_api.worker_state() of this worker thread
     try:
         while True:
             item = get()

@@ -18,6 +18,7 @@ from par_api import (
     parallel_backend,
     parallel_config,
     register_parallel_backend,
+    worker_state,
 )
 from par_memmap import dump, load
 from par_scheduler import ProgressEvent
@@ -45,5 +46,6 @@ __all__ = [
     "parallel_backend",
     "parallel_config",
     "register_parallel_backend",
+    "worker_state",
     "wrap_non_picklable_objects",
 ]

@@ -157,7 +157,8 @@ def collect_info() -> dict[str, Any]:
     ``python`` (version, implementation, executable, platform), ``cpu``
     (``par_api.cpu_count_report()``), ``backends`` (default, whether multiprocessing is
     usable, each available backend and its provider), ``temp_folder``
-    (:func:`temp_folder_choice`), ``threadpools`` (threadpoolctl's report of the native
+    (:func:`temp_folder_choice`), ``workers`` (the worker options in force:
+    ``max_tasks_per_child``, ``max_worker_memory``, ``forward_output``), ``threadpools`` (threadpoolctl's report of the native
     thread pools loaded in this process) and ``environment`` (the variables of
     :data:`ENV_VARS` that are set).
     """
@@ -175,6 +176,18 @@ def collect_info() -> dict[str, Any]:
         "temp_folder": _safe(temp_folder_choice),
         "threadpools": _safe(_threadpools),
         "environment": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
+        "workers": _safe(_workers),
+    }
+
+
+def _workers() -> dict[str, Any]:
+    """The worker options in force here (``parallel_config`` or the defaults)."""
+    cfg = par_api.get_active_config()
+    return {
+        "max_tasks_per_child": cfg.max_tasks_per_child,
+        "max_worker_memory": cfg.max_worker_memory,
+        "forward_output": cfg.forward_output,
+        "loky_memory_recycling": os.environ.get("LOKY_MAX_MEMORY_LEAK_SIZE", "300M (loky's default)"),
     }
 
 
@@ -266,6 +279,24 @@ def format_info(info: dict[str, Any]) -> str:
                         f"{p.get('filepath', '?')}",
                     )
                     for p in pools
+                ],
+            )
+        )
+    workers = info.get("workers")
+    if isinstance(workers, dict):
+        sections.append(
+            _section(
+                "workers",
+                [
+                    (
+                        k,
+                        "no limit"
+                        if v is None and k.startswith("max_")
+                        else _human_bytes(par_api.parse_nbytes(v))
+                        if k == "max_worker_memory"
+                        else v,
+                    )
+                    for k, v in workers.items()
                 ],
             )
         )

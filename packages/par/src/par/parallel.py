@@ -23,7 +23,10 @@ from par_api import (
     TaskTuple,
     TransportHooks,
     backend_instance,
+    check_forward_output,
     check_inner_max_num_threads_supported,
+    check_max_tasks_per_child,
+    check_max_worker_memory,
     check_mmap_mode,
     check_n_jobs,
     check_prefer_require,
@@ -38,7 +41,11 @@ from par_api import (
 )
 from par_scheduler import ProgressEvent
 
+from . import _forwarding
 from .progress import TqdmLike, check_progress, make_progress_listener
+
+#: Largest fixed batch used with ``max_tasks_per_child`` and ``batch_size='auto'``.
+MAX_RECYCLING_BATCH = 64
 
 
 def _pick(value: Any, name: str, cfg: Any) -> Any:
@@ -72,7 +79,10 @@ class Parallel:
     (seconds per task; the built-in ``TimeoutError`` is raised), ``pre_dispatch``,
     ``batch_size``, ``temp_folder``, ``max_nbytes``, ``mmap_mode``, ``prefer``,
     ``require``; par adds ``progress`` (True, a tqdm-like object, or a callable receiving
-    progress events). Extra keyword arguments go to the backend's ``configure`` (e.g.
+    progress events), ``max_tasks_per_child`` (replace a process worker after that many
+    tasks), ``max_worker_memory`` (bytes or ``'2G'``: replace a process worker whose
+    resident memory after a batch exceeds it) and ``forward_output`` (default True:
+    logging records and prints of process workers reach the parent). Extra keyword arguments go to the backend's ``configure`` (e.g.
     ``initializer=``/``initargs=`` for process backends). Parameters left at their
     default take the value of an enclosing ``parallel_config``.
 
@@ -95,6 +105,9 @@ class Parallel:
         prefer: Literal["processes", "threads"] | None = default(None),
         require: Literal["sharedmem"] | None = default(None),
         progress: bool | TqdmLike | type[TqdmLike] | Callable[[ProgressEvent], object] | None = default(None),
+        max_tasks_per_child: int | None = default(None),
+        max_worker_memory: int | str | None = default(None),
+        forward_output: bool = default(True),
         **backend_kwargs: Any,
     ) -> None:
         cfg = get_active_config()
@@ -112,6 +125,19 @@ class Parallel:
         self.progress = _pick(progress, "progress", cfg)
         check_progress(self.progress)
         self._backend_kwargs = backend_kwargs
+        self.max_tasks_per_child = check_max_tasks_per_child(
+            _pick(max_tasks_per_child, "max_tasks_per_child", cfg)
+        )
+        self.max_worker_memory = check_max_worker_memory(_pick(max_worker_memory, "max_worker_memory", cfg))
+        self.forward_output: bool = check_forward_output(_pick(forward_output, "forward_output", cfg))
+        explicit_limits = [
+            name
+            for name, value in (
+                ("max_tasks_per_child", max_tasks_per_child),
+                ("max_worker_memory", max_worker_memory),
+            )
+            if not is_default(value) and value is not None
+        ]
 
         explicit_n_jobs = not is_default(n_jobs)
         self.n_jobs = check_n_jobs(n_jobs if explicit_n_jobs else cfg.n_jobs)
@@ -119,6 +145,12 @@ class Parallel:
         # Inside a worker, a Parallel that did not choose its backend gets the nested one,
         # capped to the worker's share of the CPUs so outer x inner stays within cpu_count.
         self._nested_cap: int | None = cfg.n_jobs if cfg.nested and is_default(backend) else None
+        if explicit_limits and not self._backend.supports_transport_hooks:
+            raise ValueError(
+                f"{explicit_limits[0]} replaces worker processes and works with the 'loky' and "
+                f"'multiprocessing' backends, not with {type(self._backend).__name__}: remove it, or "
+                f"use one of those backends."
+            )
         self.pre_dispatch = pre_dispatch
         par_scheduler.parse_pre_dispatch(pre_dispatch, 1)  # validate now: never evaluated as code
 
@@ -186,11 +218,16 @@ class Parallel:
                 reducers, result_reducers=par_memmap.make_result_reducers(), blob_store=_CallBlobs(self._temp)
             )
             budget = par_threadlimits.thread_budget(n_jobs, self._inner_max_num_threads)
+            serialize_batch: Any = self._serializer
+            if self.forward_output:
+                serialize_batch = _forwarding.forwarding_serializer(self._serializer)
             hooks = TransportHooks(
-                serialize_batch=self._serializer,
+                serialize_batch=serialize_batch,
                 env=par_threadlimits.worker_env(n_jobs, self._inner_max_num_threads),
                 initializer=par_threadlimits.worker_initializer,
                 initargs=(budget,),
+                max_tasks_per_child=self.max_tasks_per_child,
+                max_worker_memory=self.max_worker_memory,
             )
         n = backend.configure(
             n_jobs=n_jobs,
@@ -272,7 +309,7 @@ class Parallel:
             backend,
             iterable,
             n_jobs=n_jobs,
-            batch_size=self.batch_size,
+            batch_size=self._batch_size_for(backend),
             pre_dispatch=self.pre_dispatch,
             return_as=self.return_as,
             timeout=self.timeout,
@@ -280,6 +317,21 @@ class Parallel:
             ensure_ready=self._managed,
             on_finish=on_finish,
         )
+
+    def _batch_size_for(self, backend: ParallelBackendBase) -> int | str:
+        """``batch_size``, except with automatic batching on process backends: with
+        ``max_worker_memory``, one task per batch (the memory is checked after each
+        batch); with ``max_tasks_per_child=N``, fixed batches of the largest divisor of N
+        up to :data:`MAX_RECYCLING_BATCH` (a worker retires after the batch that reaches
+        N tasks, so batches dividing N make it run exactly N)."""
+        limit = self.max_tasks_per_child
+        if self.batch_size != "auto" or not backend.supports_transport_hooks:
+            return self.batch_size
+        if self.max_worker_memory is not None:
+            return 1  # memory is checked after each batch: then after each task
+        if limit is None:
+            return self.batch_size
+        return max(d for d in range(1, min(limit, MAX_RECYCLING_BATCH) + 1) if limit % d == 0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
