@@ -9,11 +9,12 @@ cloudpickle 3.1.3 broke two tests that passed in CI. So CI also runs the suite
   version its range admits (``uv pip install --resolution lowest-direct``), which makes
   the floors of every ``pyproject.toml`` true.
 
-Both install every folder of ``packages/`` (editable) plus the test environment's extra
-dependencies from ``hatch.toml`` (``[envs.hatch-test] extra-dependencies``), then the
-test runner (pytest and its plugins, newest in both modes: they are tools, not
-dependencies of par), print the resolved versions of the third-party dependencies, and
-run ``python -m pytest -n 2 packages tests-integration`` from the repository root with
+Both install every folder of ``packages/`` (editable), then the test environment's extra
+dependencies from ``hatch.toml`` (``[envs.hatch-test] extra-dependencies``) and the
+test runner (pytest and its plugins): those are test tools, not declarations of par,
+so ``lowest`` installs them as they resolve, keeping what the packages pinned low. Then
+it prints the resolved versions of the third-party dependencies and runs
+``python -m pytest -n 2 packages tests-integration`` from the repository root with
 its pytest configuration (the default, non-slow group).
 
 Usage::
@@ -117,12 +118,13 @@ def make_env(mode: str, venv: Path, root: Path = REPO) -> Path:
     common = [uv, "pip", "install", "--quiet", "--python", str(python), "--refresh"]
     if mode == "newest":
         first = [*common, "--upgrade", *editable, *test_extra_requirements(root)]
-    else:
-        first = [*common, "--resolution", "lowest-direct", *editable, *test_extra_requirements(root)]
+    else:  # the packages' own declarations at their floors; test tools are not declarations
+        first = [*common, "--resolution", "lowest-direct", *editable]
     if _run(first) != 0:
         raise SystemExit(2)
-    # the runner, newest, without touching what the first step resolved
-    if _run([*common, *TEST_RUNNER]) != 0:
+    # the test tools and the runner, newest where not installed yet: what the first step
+    # resolved stays (a test extra such as numpy>=1.24 is already satisfied)
+    if _run([*common, *test_extra_requirements(root), *TEST_RUNNER]) != 0:
         raise SystemExit(2)
     return python
 
