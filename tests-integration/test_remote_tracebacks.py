@@ -86,3 +86,30 @@ def test_traceback_of_a_task_pickled_by_value_names_the_users_file_and_line(tmp_
         # the worker's frame: the script's real path and line, then the source line itself
         assert f'File "{script}", line {lineno}' in text, text
         assert marker in text, text
+
+
+NOTEBOOK_CELL = 'def cell_function(x):\n    raise RuntimeError(f"cell failed on {x}")  # SOURCE-CELL\n'
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["loky", "multiprocessing"])
+def test_a_function_from_a_notebook_cell_shows_its_source_line(backend):
+    """A notebook cell's file exists only in the kernel's linecache, not on disk: the
+    worker cannot read it, the parent fills the source line in."""
+    import linecache
+    import traceback
+
+    from par import Parallel, delayed
+
+    filename = f"/nonexistent/ipykernel_{backend}/cell_42.py"
+    linecache.cache[filename] = (len(NOTEBOOK_CELL), None, NOTEBOOK_CELL.splitlines(True), filename)
+    namespace = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK_CELL, filename, "exec"), namespace)
+    try:
+        with pytest.raises(RuntimeError, match="cell failed on") as info:
+            Parallel(n_jobs=2, backend=backend)(delayed(namespace["cell_function"])(i) for i in range(4))
+    finally:
+        linecache.cache.pop(filename, None)
+    text = "".join(traceback.format_exception(info.value))
+    assert f'File "{filename}", line 2, in cell_function' in text, text
+    assert "# SOURCE-CELL" in text, text

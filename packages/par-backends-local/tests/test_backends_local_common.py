@@ -197,3 +197,33 @@ def test_backends_crash_diagnose_prefers_the_dead_process_and_keeps_the_cause() 
     assert err.pid == 2 and err.exitcode == -11 and err.__cause__ is cause
     err = _crash.diagnose(cause, {})
     assert err.pid is None and err.exitcode == 1 and "exited with code 1" in str(err)
+
+
+def test_fill_source_lines_adds_only_missing_source_from_the_parents_linecache():
+    import linecache
+
+    from par_backends_local._common import fill_source_lines
+
+    cell = "/nonexistent/ipykernel_1/cell_7.py"
+    linecache.cache[cell] = (30, None, ["x = 1\n", "raise ValueError('boom')\n"], cell)
+    try:
+        text = "\n".join(
+            [
+                "Traceback (most recent call last):",
+                '  File "/work/lib.py", line 3, in run',
+                "    return f()",
+                f'  File "{cell}", line 2, in f',
+                "ValueError: boom",
+            ]
+        )
+        out = fill_source_lines(text).split("\n")
+    finally:
+        linecache.cache.pop(cell, None)
+    assert out == [
+        "Traceback (most recent call last):",
+        '  File "/work/lib.py", line 3, in run',
+        "    return f()",  # the worker's own source line is kept, not doubled
+        f'  File "{cell}", line 2, in f',
+        "    raise ValueError('boom')",
+        "ValueError: boom",
+    ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import linecache
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -118,5 +120,30 @@ def adopt_remote_traceback(exc: BaseException) -> BaseException:
         text = tb.strip()
         if text.startswith('"""') and text.endswith('"""'):
             text = text[3:-3].strip("\n")
-        exc.__cause__ = RemoteTraceback(text)
+        exc.__cause__ = RemoteTraceback(fill_source_lines(text))
     return exc
+
+
+_FRAME_LINE = re.compile(r'^(?P<indent>[ ]*)File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def fill_source_lines(text: str) -> str:
+    """Add the source line under each frame of a worker's formatted traceback that has
+    none, from this process's ``linecache``: a function defined in a notebook cell or
+    an interactive session has its source only in the parent (the worker could not
+    read the cell's pseudo-file)."""
+    lines = text.split("\n")
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        match = _FRAME_LINE.match(line)
+        if match is None:
+            continue
+        indent = match.group("indent")
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if nxt.startswith(indent + "  ") and not _FRAME_LINE.match(nxt):
+            continue  # the worker found the source
+        source = linecache.getline(match.group("file"), int(match.group("line"))).strip()
+        if source:
+            out.append(f"{indent}  {source}")
+    return "\n".join(out)
