@@ -310,8 +310,9 @@ class _Call:
         # In generator modes, results not yet consumed count against the window, so a
         # slow consumer (or a synchronous backend) does not make the call run ahead.
         self._backpressure = return_as != "list"
-        # With n_jobs=1, a generator runs nothing before the first result is asked for.
-        self._lazy_start = n_jobs == 1 and return_as != "list"
+        # With n_jobs=1, a generator is a plain loop: it runs nothing before the first
+        # result is asked for, and reads the next batch only when the next is asked for.
+        self._plain_loop = n_jobs == 1 and return_as != "list"
         self._timeout = timeout
         self._listeners = tuple(listeners)
         self._ensure_ready = ensure_ready
@@ -357,7 +358,7 @@ class _Call:
         with self._lock:
             self._to_locked(S.RUNNING)
             self._emit_locked("start", 0)
-        if not self._lazy_start:
+        if not self._plain_loop:
             self.dispatch()
 
     def abort_and_finish(self, exc: BaseException) -> None:
@@ -573,7 +574,7 @@ class _Call:
                         continue
                 # Enter the backend's context without the lock (it may block), then look again.
                 outer.enter_context(self._retrieval())
-        if self._backpressure:
+        if self._backpressure and not self._plain_loop:
             self.dispatch()  # the consumed result made room: keep the workers busy
         return results  # type: ignore[no-any-return]
 
