@@ -39,7 +39,7 @@ def test_backends_entry_points_resolve(name: str) -> None:
 
 def test_backends_capability_flags() -> None:
     seq, thr, lok, mp = (ALL[n]() for n in ("sequential", "threading", "loky", "multiprocessing"))
-    assert (seq.uses_threads, seq.supports_sharedmem, seq.supports_auto_batching) == (True, True, False)
+    assert (seq.uses_threads, seq.supports_sharedmem, seq.supports_auto_batching) == (False, True, False)
     assert (thr.uses_threads, thr.supports_sharedmem, thr.supports_timeout) == (True, True, True)
     assert thr.supports_auto_batching is False and thr.compute_batch_size() == 1
     for proc in (lok, mp):

@@ -126,7 +126,9 @@ def collect(out: Any, return_as: str) -> list[Any]:
 @pytest.mark.parametrize("return_as", RETURN_AS)
 def test_scheduler_locking_backend_completes(locking_backend, return_as, batch_size) -> None:
     n = 300
-    out = collect(run(locking_backend, tasks(n), n_jobs=2, batch_size=batch_size, return_as=return_as), return_as)
+    out = collect(
+        run(locking_backend, tasks(n), n_jobs=2, batch_size=batch_size, return_as=return_as), return_as
+    )
     if return_as == "generator_unordered":
         out = sorted(out)
     assert out == [square(i) for i in range(n)]
@@ -139,7 +141,9 @@ def test_scheduler_locking_backend_completes(locking_backend, return_as, batch_s
 def test_scheduler_locking_backend_task_error(locking_backend, return_as, batch_size) -> None:
     with pytest.raises(KeyError, match="task 37 failed"):
         collect(
-            run(locking_backend, tasks(200, fail_at, 37), n_jobs=2, batch_size=batch_size, return_as=return_as),
+            run(
+                locking_backend, tasks(200, fail_at, 37), n_jobs=2, batch_size=batch_size, return_as=return_as
+            ),
             return_as,
         )
     assert locking_backend.reentered == 0

@@ -32,7 +32,7 @@ from .registry import (
     multiprocessing_available,
     register_parallel_backend,
 )
-from .task import BatchedCalls, Task, TaskTuple, delayed, run_tasks
+from .task import BatchedCalls, Task, TaskTuple, delayed
 
 __all__ = [
     "DEFAULTS",
@@ -77,5 +77,4 @@ __all__ = [
     "parallel_config",
     "parse_nbytes",
     "register_parallel_backend",
-    "run_tasks",
 ]

@@ -137,10 +137,6 @@ class LokyBackend(ParallelBackendBase):
         self._executor_args = {
             "max_workers": n,
             "timeout": timeout,
-            "job_reducers": dict(hooks.job_reducers) if hooks is not None and hooks.job_reducers else None,
-            "result_reducers": (
-                dict(hooks.result_reducers) if hooks is not None and hooks.result_reducers else None
-            ),
             "initializer": run_initializers if steps else None,
             "initargs": steps,
             "env": env,

@@ -15,8 +15,7 @@ Pool internal relied on is ``Pool._pool`` (its list of worker processes), read i
 
 Transport hooks: ``serialize_batch`` is applied to each batch, ``env`` is applied by the
 worker initializer (``os.environ.update``) before the hooks' and the user's
-initializers run; ``job_reducers``/``result_reducers`` are not supported by
-``multiprocessing.Pool`` and are ignored.
+initializers run.
 """
 
 from __future__ import annotations

@@ -100,7 +100,14 @@ class BatchSource:
     ``total`` is the number of tasks once known (``len()`` or the end was reached)."""
 
     def __init__(
-        self, iterable: Iterable[TaskTuple], sizer: Any, *, n_jobs: int, window: int | None, plan: bool, peek: bool
+        self,
+        iterable: Iterable[TaskTuple],
+        sizer: Any,
+        *,
+        n_jobs: int,
+        window: int | None,
+        plan: bool,
+        peek: bool,
     ) -> None:
         self._sizer = sizer
         self._adaptive = bool(sizer.adaptive) and n_jobs > 1
@@ -431,7 +438,9 @@ class _Call:
         after it."""
         if self._durations:
             self._report_durations()
-        if self._state not in _DISPATCHING or not (self._ready or self._has_room_locked()):  # rechecked under the lock
+        if self._state not in _DISPATCHING or not (
+            self._ready or self._has_room_locked()
+        ):  # rechecked under the lock
             return
         if not gc.isenabled():  # disabled by the user
             self._dispatch_batches()
@@ -451,7 +460,9 @@ class _Call:
         on_done = self._on_done
         try:
             while True:
-                while not self._source_empty and self._has_room_locked():  # a stale read errs on the safe side
+                while (
+                    not self._source_empty and self._has_room_locked()
+                ):  # a stale read errs on the safe side
                     batch = source.next_batch()  # the user's iterable: outside the lock
                     if batch is None:
                         self._source_empty = True
@@ -663,6 +674,8 @@ class _Call:
                 listener(event)
             except Exception as exc:
                 self._fail_locked(exc)
+
+
 def _generate(call: _Call) -> Iterator[Any]:
     owner = threading.get_ident()
     try:
