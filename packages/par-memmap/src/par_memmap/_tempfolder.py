@@ -120,7 +120,11 @@ def _choose_root(temp_folder: str | None, shm: str | None, nbytes: int) -> tuple
             except OSError as exc:
                 free, why_not = -1, f"the free space of {shm} is unknown ({exc})"
             if free >= nbytes + SHM_RESERVE_BYTES:
-                return shm, f"{shm} exists, is writable and has {_human(free)} free for a {_human(nbytes)} array", True
+                return (
+                    shm,
+                    f"{shm} exists, is writable and has {_human(free)} free for a {_human(nbytes)} array",
+                    True,
+                )
             if free >= 0:
                 why_not = f"{shm} has only {_human(free)} free for a {_human(nbytes)} array"
     root, reason = _system_temp_root()

@@ -152,8 +152,6 @@ def get_pickler_name() -> str:
 # --------------------------------------------------------------------- worker cache
 
 
-
-
 def worker_cache_info() -> dict[str, int]:
     """Statistics of this process's cache of callables unpickled by value:
     ``entries``, ``bytes`` (of pickled data), ``loads`` (unpickled) and ``hits`` (reused)."""
