@@ -172,13 +172,11 @@ def test_constructor_rejects_unknown_keyword_arguments() -> None:
         ("submit", ["self", "func", "callback"]),
         ("apply_async", ["self", "func", "callback"]),
         ("retrieve_result_callback", ["self", "out"]),
-        ("retrieve_result", ["self", "out", "timeout"]),
         ("start_call", ["self"]),
         ("stop_call", ["self"]),
         ("terminate", ["self"]),
         ("compute_batch_size", ["self"]),
         ("batch_completed", ["self", "batch_size", "duration"]),
-        ("get_exceptions", ["self"]),
         ("abort_everything", ["self", "ensure_ready"]),
         ("get_nested_backend", ["self"]),
         ("retrieval_context", ["self"]),
@@ -190,6 +188,17 @@ def test_method_signatures_follow_joblibs_custom_backend_api(method: str, params
     assert list(sig.parameters) == params
 
 
+@pytest.mark.parametrize("name", ["retrieve_result", "get_exceptions"])
+def test_methods_the_scheduler_never_calls_are_not_in_the_contract(name: str) -> None:
+    assert not hasattr(ParallelBackendBase, name)
+
+
+def test_transport_hooks_hold_only_what_par_sets() -> None:
+    fields = {f.name for f in dataclasses.fields(TransportHooks)}
+    assert fields == {"serialize_batch", "env", "initializer", "initargs"}
+    assert not hasattr(TransportHooks, "worker_key")
+
+
 def test_joblib_defaults_of_optional_parameters() -> None:
     configure = inspect.signature(ParallelBackendBase.configure).parameters
     assert configure["n_jobs"].default == 1
@@ -197,7 +206,6 @@ def test_joblib_defaults_of_optional_parameters() -> None:
     assert configure["prefer"].default is None
     assert configure["require"].default is None
     assert inspect.signature(ParallelBackendBase.submit).parameters["callback"].default is None
-    assert inspect.signature(ParallelBackendBase.retrieve_result).parameters["timeout"].default is None
     assert inspect.signature(ParallelBackendBase.abort_everything).parameters["ensure_ready"].default is True
 
 
@@ -214,7 +222,6 @@ def test_minimal_backend_runs_a_batch_through_the_documented_protocol() -> None:
     out = backend.submit(BatchedCalls([delayed(double)(i) for i in range(3)]), callback=received.append)
     assert received == [out]  # the callback got what submit returned, exactly once
     assert backend.retrieve_result_callback(out) == [0, 2, 4]
-    assert backend.retrieve_result(out, timeout=1) == [0, 2, 4]
     backend.stop_call()
     backend.terminate()
 
@@ -232,7 +239,6 @@ def test_retrieve_result_callback_raises_the_error_of_a_failed_batch() -> None:
 def test_base_hooks_have_neutral_defaults() -> None:
     backend = MinimalBackend()
     assert backend.compute_batch_size() == 1
-    assert backend.get_exceptions() == []
     assert backend.start_call() is None
     assert backend.stop_call() is None
     assert backend.batch_completed(batch_size=4, duration=0.5) is None
@@ -294,8 +300,6 @@ def test_configure_receives_n_jobs_options_and_transport_hooks() -> None:
         env={"OMP_NUM_THREADS": "1"},
         initializer=init,
         initargs=(1,),
-        job_reducers={complex: lambda c: (complex, (c.real, c.imag))},
-        result_reducers={},
     )
     backend = Recording()
     parallel = object()
@@ -407,25 +411,7 @@ def test_submit_without_any_implementation_names_the_backend() -> None:
 # -- result retrieval ---------------------------------------------------------------------
 
 
-def test_retrieve_result_waits_with_a_timeout_on_a_future() -> None:
-    backend = PoolBackend()
-    backend.configure(n_jobs=1)
-    release = threading.Event()
-    try:
-        done: list[Any] = []
-        out = backend.submit(lambda: [release.wait(30)], callback=done.append)
-        with pytest.raises(concurrent.futures.TimeoutError):
-            backend.retrieve_result(out, timeout=0.05)
-        release.set()
-        assert backend.retrieve_result(out, timeout=30) == [True]
-        assert backend.retrieve_result_callback(out) == [True]
-        assert done == [out]
-    finally:
-        release.set()
-        backend.terminate()
-
-
-def test_retrieve_result_uses_get_for_async_result_like_objects() -> None:
+def test_retrieve_result_callback_uses_get_for_async_result_like_objects() -> None:
     class AsyncResultLike:
         def __init__(self) -> None:
             self.timeouts: list[float | None] = []
@@ -436,9 +422,8 @@ def test_retrieve_result_uses_get_for_async_result_like_objects() -> None:
 
     out = AsyncResultLike()
     backend = MinimalBackend()
-    assert backend.retrieve_result(out, timeout=2.5) == [1, 2]
     assert backend.retrieve_result_callback(out) == [1, 2]
-    assert out.timeouts == [2.5, None]
+    assert out.timeouts == [None]
 
 
 def test_retrieve_result_callback_returns_a_plain_value_as_is() -> None:
@@ -476,7 +461,7 @@ def test_abort_everything_terminates_and_configures_again_when_asked() -> None:
         assert backend.events == ["configure 2", "terminate", "configure 2"]
         assert backend.pool is not None and backend.pool is not first_pool
         assert backend.parallel is parallel
-        assert backend.retrieve_result(backend.submit(lambda: [1]), timeout=30) == [1]
+        assert backend.submit(lambda: [1]).result(timeout=30) == [1]
     finally:
         backend.terminate()
 
@@ -504,29 +489,9 @@ def test_transport_hooks_defaults_and_immutability() -> None:
     assert dict(hooks.env) == {}
     assert hooks.initializer is None
     assert hooks.initargs == ()
-    assert hooks.job_reducers is None
-    assert hooks.result_reducers is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         hooks.env = {"A": "1"}  # type: ignore[misc]
     assert TransportHooks().env is not hooks.env  # no shared mutable default
-
-
-def test_worker_key_identifies_the_worker_setup() -> None:
-    def init(*args: Any) -> None:
-        pass
-
-    a = TransportHooks(env={"A": "1", "B": "2"}, initializer=init, initargs=(1,))
-    b = TransportHooks(env={"B": "2", "A": "1"}, initializer=init, initargs=(1,), serialize_batch=repr)
-    assert a.worker_key() == b.worker_key()  # env order and the serializer do not matter
-    assert (
-        a.worker_key()
-        != TransportHooks(env={"A": "2", "B": "2"}, initializer=init, initargs=(1,)).worker_key()
-    )
-    assert (
-        a.worker_key()
-        != TransportHooks(env={"A": "1", "B": "2"}, initializer=init, initargs=(2,)).worker_key()
-    )
-    assert a.worker_key() != TransportHooks(env={"A": "1", "B": "2"}, initargs=(1,)).worker_key()
 
 
 def test_default_effective_n_jobs_is_the_local_rule() -> None:

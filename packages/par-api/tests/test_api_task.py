@@ -1,4 +1,4 @@
-"""``delayed``, ``Task``, ``BatchedCalls`` and ``run_tasks``."""
+"""``delayed``, ``Task`` and ``BatchedCalls``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pickle
 
 import par_api
 import pytest
-from par_api import BatchedCalls, Task, delayed, run_tasks
+from par_api import BatchedCalls, Task, delayed
 
 
 def add(x: int, y: int = 0) -> int:
@@ -129,7 +129,7 @@ def test_task_pickles_round_trip() -> None:
     assert clone_named() == 3
 
 
-# -- BatchedCalls / run_tasks -------------------------------------------------------------
+# -- BatchedCalls -------------------------------------------------------------------------
 
 
 def test_batched_calls_runs_its_tasks_in_order() -> None:
@@ -179,11 +179,6 @@ def test_batched_calls_pickles_with_its_nested_setting_and_index() -> None:
     assert clone.tasks == batch.tasks
     assert clone.nested == ("sequential", 1)
     assert clone.index == 5
-
-
-def test_run_tasks_returns_results_in_order() -> None:
-    assert run_tasks(delayed(add)(i, i) for i in range(3)) == [0, 2, 4]
-    assert run_tasks([]) == []
 
 
 def test_delayed_caches_its_wrapper_per_function_not_per_equal_callable() -> None:

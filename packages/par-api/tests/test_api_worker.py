@@ -88,8 +88,3 @@ def test_parallel_config_fields():
         assert cfg.is_set("max_tasks_per_child")
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         parallel_config(max_tasks_per_child=0)
-
-
-def test_limits_are_part_of_the_worker_key():
-    assert TransportHooks().worker_key() != TransportHooks(max_tasks_per_child=3).worker_key()
-    assert TransportHooks().worker_key() != TransportHooks(max_worker_memory=10).worker_key()

@@ -39,7 +39,7 @@ def test_backends_entry_points_resolve(name: str) -> None:
 
 def test_backends_capability_flags() -> None:
     seq, thr, lok, mp = (ALL[n]() for n in ("sequential", "threading", "loky", "multiprocessing"))
-    assert (seq.uses_threads, seq.supports_sharedmem, seq.supports_auto_batching) == (True, True, False)
+    assert (seq.uses_threads, seq.supports_sharedmem, seq.supports_auto_batching) == (False, True, False)
     assert (thr.uses_threads, thr.supports_sharedmem, thr.supports_timeout) == (True, True, True)
     assert thr.supports_auto_batching is False and thr.compute_batch_size() == 1
     for proc in (lok, mp):
@@ -102,13 +102,13 @@ def test_backends_nested_backend_of_thread_backends_is_sequential() -> None:
 
 @pytest.mark.parametrize("cls", [LokyBackend, MultiprocessingBackend])
 def test_backends_nested_backend_of_process_backends(cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
-    import par_backends_local.loky as loky_module
+    import par_backends_local._process as process_module
 
     backend = cls()
     backend._n_jobs = 2  # as configure(2) sets it, without starting workers
-    monkeypatch.setattr(loky_module, "cpu_count", lambda: 8)
+    monkeypatch.setattr(process_module, "cpu_count", lambda: 8)
     assert backend.get_nested_backend() == ("threading", 4)
-    monkeypatch.setattr(loky_module, "cpu_count", lambda: 3)
+    monkeypatch.setattr(process_module, "cpu_count", lambda: 3)
     assert backend.get_nested_backend() == ("sequential", 1)  # 3 // 2 == 1
     backend.inner_max_num_threads = 3
     assert backend.get_nested_backend() == ("threading", 3)

@@ -152,7 +152,6 @@ def test_backends_loky_hooks_env_initializer_and_serializer() -> None:
         env={"PAR_BACKENDS_LOCAL_TEST": "one"},
         initializer=sys.setrecursionlimit,
         initargs=(4321,),
-        job_reducers={decimal.Decimal: lambda d: (str, (str(d),))},
     )
     backend = LokyBackend(initializer=sys.setswitchinterval, initargs=(0.0123,))
     backend.configure(2, hooks=hooks)
@@ -166,7 +165,7 @@ def test_backends_loky_hooks_env_initializer_and_serializer() -> None:
         )
         env_value, limit, interval, received_type, pid1 = backend.submit(task).result(timeout=30)
         assert serialized == [task]
-        assert (env_value, limit, interval, received_type) == ("one", 4321, 0.0123, str)
+        assert (env_value, limit, interval, received_type) == ("one", 4321, 0.0123, decimal.Decimal)
         backend.terminate()
 
         # A new worker environment means new workers.

@@ -217,7 +217,7 @@ def test_scheduler_iterable_consumed_by_one_thread_at_a_time(thread_backend) -> 
     source = Guarded(2000)
     assert run(thread_backend(auto=False), source, n_jobs=2) == [square(i) for i in range(2000)]
     assert source.overlaps == 0
-    assert len(source.threads) >= 2  # pulled by the caller and by callback threads
+    assert source.threads == {threading.get_ident()}  # pulled by the caller only, never by a callback
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -486,3 +486,69 @@ def test_scheduler_keyboard_interrupt_aborts(thread_backend, finish_recorder) ->
     assert backend.aborts == [False]
     assert len(finished.calls) == 1 and isinstance(finished.calls[0], KeyboardInterrupt)
     assert counter.n < 100
+
+
+# -- n_jobs=1 is a plain loop (issue 22) --------------------------------------------------
+@pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
+def test_scheduler_one_job_reads_one_batch_runs_it_then_reads_the_next(sync_backend, return_as) -> None:
+    log: list[str] = []
+
+    def task(i: int) -> int:
+        log.append(f"run {i}")
+        return i
+
+    def producer() -> Iterator[Task]:
+        for i in range(4):
+            log.append(f"read {i}")
+            yield Task(task, (i,), {})
+
+    out = run(sync_backend(), producer(), n_jobs=1, return_as=return_as)
+    if return_as != "list":
+        assert log == []  # nothing runs before the caller asks for the first result
+        out = list(out)
+    assert out == [0, 1, 2, 3]
+    assert log == [f"{step} {i}" for i in range(4) for step in ("read", "run")]
+
+
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_scheduler_one_job_generator_producer_sees_what_was_consumed(sync_backend, return_as) -> None:
+    """Each item is made from the results consumed so far: the call never reads ahead."""
+    consumed: list[int] = []
+
+    def producer() -> Iterator[Task]:
+        for i in range(5):
+            yield Task(lambda i, seen: (i, seen), (i, len(consumed)), {})
+
+    gen = run(sync_backend(), producer(), n_jobs=1, return_as=return_as)
+    for i, seen in gen:
+        assert seen == i  # the item was read after the previous result was consumed
+        consumed.append(i)
+    assert consumed == [0, 1, 2, 3, 4]
+
+
+def test_scheduler_one_job_auto_batching_does_not_read_ahead(thread_backend) -> None:
+    """Even with a backend that sizes batches itself and one worker, the iterable is read
+    one batch at a time: at most one batch is read before the previous one completed."""
+    read = 0
+    ran_before_read: list[int] = []
+    done = 0
+    lock = threading.Lock()
+
+    def task(i: int) -> int:
+        nonlocal done
+        with lock:
+            done += 1
+        return i
+
+    def producer() -> Iterator[Task]:
+        nonlocal read
+        for i in range(50):
+            with lock:
+                ran_before_read.append(read - done)
+            read += 1
+            yield Task(task, (i,), {})
+
+    backend = thread_backend(n_jobs=1, auto=True, uses_threads=False)
+    assert list(run(backend, producer(), n_jobs=1, return_as="generator")) == list(range(50))
+    # When a task is read, the tasks read but not run all belong to the batch being cut.
+    assert max(ran_before_read) < max(backend.sizes)

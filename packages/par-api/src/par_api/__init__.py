@@ -33,7 +33,7 @@ from .registry import (
     multiprocessing_available,
     register_parallel_backend,
 )
-from .task import BatchedCalls, Task, TaskTuple, delayed, run_tasks
+from .task import BatchedCalls, Task, TaskTuple, delayed
 from .worker import (
     bind_worker_state,
     check_forward_output,
@@ -90,6 +90,5 @@ __all__ = [
     "parallel_config",
     "parse_nbytes",
     "register_parallel_backend",
-    "run_tasks",
     "worker_state",
 ]

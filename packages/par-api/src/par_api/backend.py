@@ -49,8 +49,6 @@ class TransportHooks:
     - ``env``: environment variables to set in worker processes before they start
       (e.g. thread limits of native libraries). A change means new workers.
     - ``initializer``/``initargs``: run once in each new worker process.
-    - ``job_reducers``/``result_reducers``: extra ``copyreg``-style reducers for the
-      pickler of the task/result channel, where the backend's pool supports them.
     - ``max_tasks_per_child``/``max_worker_memory`` (bytes): replace a worker process
       once it has run that many tasks, or when its resident memory after a batch
       exceeds that size; None means no limit. A change means new workers.
@@ -60,20 +58,8 @@ class TransportHooks:
     env: Mapping[str, str] = field(default_factory=dict)
     initializer: Callable[..., None] | None = None
     initargs: tuple[Any, ...] = ()
-    job_reducers: Mapping[type, Callable[[Any], Any]] | None = None
-    result_reducers: Mapping[type, Callable[[Any], Any]] | None = None
     max_tasks_per_child: int | None = None
     max_worker_memory: int | None = None
-
-    def worker_key(self) -> tuple[Any, ...]:
-        """What identifies a worker's set-up: equal keys mean workers can be reused."""
-        return (
-            tuple(sorted(self.env.items())),
-            self.initializer,
-            self.initargs,
-            self.max_tasks_per_child,
-            self.max_worker_memory,
-        )
 
 
 class ParallelBackendBase(ABC):
@@ -155,7 +141,18 @@ class ParallelBackendBase(ABC):
         """Schedule ``func()`` (a batch; returns the list of its results).
 
         Returns a future-like object ``out``. ``callback(out)`` must be called exactly
-        once when ``func`` has finished, whether it succeeded or failed, from any thread.
+        once when ``func`` has finished, whether it succeeded or failed.
+
+        What a backend may rely on (the scheduler, ``par_scheduler``, guarantees it):
+
+        - ``submit`` is never re-entered from its own callback: the scheduler calls it
+          from its dispatching thread only, never from inside ``callback`` and never
+          while holding a lock that ``callback`` takes;
+        - ``callback`` may be fired from any thread, even synchronously inside
+          ``submit``, and while the backend holds its own (non-reentrant) locks: it only
+          records the outcome (calling :meth:`retrieve_result_callback`) and wakes the
+          scheduler; it never calls back into the backend otherwise.
+
         The default delegates to a legacy ``apply_async`` when a subclass defines one.
         """
         if type(self).apply_async is not ParallelBackendBase.apply_async:
@@ -174,12 +171,6 @@ class ParallelBackendBase(ABC):
         if hasattr(out, "get"):
             return out.get()
         return out
-
-    def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
-        """Wait up to ``timeout`` seconds for ``out`` and return its result."""
-        if hasattr(out, "result"):
-            return out.result(timeout=timeout)
-        return out.get(timeout=timeout)
 
     # -- call life cycle ----------------------------------------------------------
     def start_call(self) -> None:  # noqa: B027 - an optional hook, not abstract
@@ -202,10 +193,6 @@ class ParallelBackendBase(ABC):
 
     def batch_completed(self, batch_size: int, duration: float) -> None:  # noqa: B027 - an optional hook, not abstract
         """Told after each batch: its size and how long it took (seconds)."""
-
-    def get_exceptions(self) -> list[type[BaseException]]:
-        """Exception types raised by the backend itself that must abort a call."""
-        return []
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Stop every running and pending task (first error, timeout, Ctrl-C).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -120,8 +120,3 @@ class BatchedCalls:
 
     def __repr__(self) -> str:
         return f"BatchedCalls(<{len(self.tasks)} tasks from index {self.index}>)"
-
-
-def run_tasks(tasks: Iterable[TaskTuple]) -> list[Any]:
-    """Run tasks in order and return their results (the worker-side body of a batch)."""
-    return [func(*args, **kwargs) for func, args, kwargs in tasks]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Future
 from typing import Any
 
-from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, cpu_count, normalize_n_jobs
+from par_api import TransportHooks, WorkerDiedError
 
 from . import _crash, _recycling, _tracking
 from ._common import (
@@ -34,8 +34,8 @@ from ._common import (
     hand_over,
     init_steps,
     run_initializers,
-    serialize,
 )
+from ._process import ProcessBackendBase
 
 #: Seconds an idle worker of the reusable executor waits before exiting.
 DEFAULT_IDLE_WORKER_TIMEOUT = 300.0
@@ -59,20 +59,13 @@ def _worker_processes(executor: Any) -> dict[int, Any]:
         return {}
 
 
-class LokyBackend(ParallelBackendBase):
+class LokyBackend(ProcessBackendBase):
     """Worker processes from loky's reusable executor (the default backend).
 
     Parameters (also accepted by ``configure`` as backend arguments, which win):
     ``initializer``/``initargs`` run once in each new worker (after the transport
     hooks' initializer), ``idle_worker_timeout`` seconds before an idle worker exits.
     """
-
-    supports_timeout = True
-    supports_inner_max_num_threads = True
-    supports_auto_batching = True
-    supports_transport_hooks = True
-    supports_sharedmem = False
-    uses_threads = False
 
     def __init__(
         self,
@@ -84,11 +77,7 @@ class LokyBackend(ParallelBackendBase):
         idle_worker_timeout: float = DEFAULT_IDLE_WORKER_TIMEOUT,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
-        self._user_kwargs: dict[str, Any] = {}
-        if initializer is not None or initargs:
-            self._user_kwargs["initializer"], self._user_kwargs["initargs"] = check_initializer(
-                initializer, initargs
-            )
+        self._init_user_kwargs(initializer, initargs)
         if idle_worker_timeout != DEFAULT_IDLE_WORKER_TIMEOUT:
             self._user_kwargs["idle_worker_timeout"] = _check_timeout(idle_worker_timeout)
         self._reset_runtime()
@@ -102,11 +91,6 @@ class LokyBackend(ParallelBackendBase):
         # token -> batch submitted and not finished, described only if a worker dies
         self._batches: dict[int, Any] = {}
         self._lock = threading.Lock()
-
-    # -- sizing -------------------------------------------------------------------
-    def effective_n_jobs(self, n_jobs: int | None) -> int:
-        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
-        return normalize_n_jobs(n_jobs)
 
     def configure(
         self,
@@ -141,10 +125,6 @@ class LokyBackend(ParallelBackendBase):
         self._executor_args = {
             "max_workers": n,
             "timeout": timeout,
-            "job_reducers": dict(hooks.job_reducers) if hooks is not None and hooks.job_reducers else None,
-            "result_reducers": (
-                dict(hooks.result_reducers) if hooks is not None and hooks.result_reducers else None
-            ),
             "initializer": run_initializers if steps else None,
             "initargs": steps,
             "env": env,
@@ -171,11 +151,9 @@ class LokyBackend(ParallelBackendBase):
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
         """Send ``func`` (through ``hooks.serialize_batch`` when set, in this thread: its
         pickling errors propagate) to a worker; return a future that the callback gets."""
-        payload, took = serialize(self.hooks, func)
-        token = _tracking.tracker().new_token()
+        payload, token, info, took = self._prepare(func)
         batches = self._batches
-        batches[token] = _tracking.BatchInfo.of(func, payload)  # not the tasks: freed once pickled
-        payload = _tracking.TrackedBatch(payload, token)
+        batches[token] = info
         executor = self._executor if self._executor is not None else self._get_executor()
         try:
             loky_future = executor.submit(payload)
@@ -224,10 +202,6 @@ class LokyBackend(ParallelBackendBase):
             return _crash.diagnose(exc, workers, lambda pid: _tracking.tracker().describe_pid(pid, table))
         return adopt_remote_traceback(exc)
 
-    def retrieve_result_callback(self, out: Any) -> Any:
-        """The batch's results, or raise its exception (``WorkerDiedError`` when a worker died)."""
-        return out.result()
-
     # -- life cycle -----------------------------------------------------------------
     def terminate(self) -> None:
         """End of a call: forget the executor but keep its workers for the next call."""
@@ -253,12 +227,6 @@ class LokyBackend(ParallelBackendBase):
         if ensure_ready and self._executor_args is not None:
             self._get_executor()
 
-    def get_nested_backend(self) -> tuple[Any, int | None]:
-        """Threads sized so workers x threads stays within the CPUs:
-        ``('threading', inner_max_num_threads or max(cpu_count() // n_jobs, 1))``,
-        or ``('sequential', 1)`` when that is 1."""
-        return _nested_threads(self.inner_max_num_threads, self._n_jobs)
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         for key in ("_executor", "_workers", "_batches", "_lock", "parallel", "hooks", "_executor_args"):
@@ -280,13 +248,3 @@ def _check_timeout(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"idle_worker_timeout must be a positive number of seconds, got {value!r}")
     return float(value)
-
-
-def _nested_threads(inner_max_num_threads: int | None, n_jobs: int | None) -> tuple[str, int]:
-    if inner_max_num_threads is not None:
-        threads = max(int(inner_max_num_threads), 1)
-    else:
-        threads = max(cpu_count() // max(n_jobs or cpu_count(), 1), 1)
-    if threads <= 1:
-        return "sequential", 1
-    return "threading", threads

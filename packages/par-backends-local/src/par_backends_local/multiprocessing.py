@@ -15,8 +15,7 @@ Pool internal relied on is ``Pool._pool`` (its list of worker processes), read i
 
 Transport hooks: ``serialize_batch`` is applied to each batch, ``env`` is applied by the
 worker initializer (``os.environ.update``) before the hooks' and the user's
-initializers run; ``job_reducers``/``result_reducers`` are not supported by
-``multiprocessing.Pool`` and are ignored.
+initializers run.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, normalize_n_jobs
+from par_api import TransportHooks, WorkerDiedError
 
 from . import _crash, _recycling, _tracking
 from ._common import (
@@ -42,10 +41,9 @@ from ._common import (
     check_process_backend_available,
     hand_over,
     init_steps,
-    serialize,
     setup_worker,
 )
-from .loky import _nested_threads
+from ._process import ProcessBackendBase
 
 _logger = logging.getLogger(__name__)
 
@@ -245,7 +243,7 @@ def _run_callback(callback: Callable[[Any], None] | None, future: Future[Any]) -
         _logger.exception("par multiprocessing backend: the completion callback raised")
 
 
-class MultiprocessingBackend(ParallelBackendBase):
+class MultiprocessingBackend(ProcessBackendBase):
     """Worker processes of a :class:`multiprocessing.pool.Pool` (joblib's legacy backend).
 
     ``context``: a multiprocessing context or a start-method name (else
@@ -254,13 +252,6 @@ class MultiprocessingBackend(ParallelBackendBase):
     environment and initializer); ``maxtasksperchild`` is passed to the pool. The pool
     is started at ``configure`` and closed and joined at ``terminate``.
     """
-
-    supports_timeout = True
-    supports_inner_max_num_threads = True
-    supports_auto_batching = True
-    supports_transport_hooks = True
-    supports_sharedmem = False
-    uses_threads = False
 
     def __init__(
         self,
@@ -276,11 +267,7 @@ class MultiprocessingBackend(ParallelBackendBase):
         if context is not None:
             resolve_context(context)  # validate now, with a clear error
         self._context = context
-        self._user_kwargs: dict[str, Any] = {}
-        if initializer is not None or initargs:
-            self._user_kwargs["initializer"], self._user_kwargs["initargs"] = check_initializer(
-                initializer, initargs
-            )
+        self._init_user_kwargs(initializer, initargs)
         if maxtasksperchild is not None:
             self._user_kwargs["maxtasksperchild"] = _check_maxtasks(maxtasksperchild)
         self._reset_runtime()
@@ -295,10 +282,6 @@ class MultiprocessingBackend(ParallelBackendBase):
     def context(self) -> Any:
         """The multiprocessing context the pool is started with."""
         return resolve_context(self._context)
-
-    def effective_n_jobs(self, n_jobs: int | None) -> int:
-        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
-        return normalize_n_jobs(n_jobs)
 
     def configure(
         self,
@@ -372,10 +355,7 @@ class MultiprocessingBackend(ParallelBackendBase):
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
         """Send ``func`` (through ``hooks.serialize_batch`` when set, in this thread) to a
         worker; return a future that ``callback`` receives once, on success or failure."""
-        payload, took = serialize(self.hooks, func)
-        token = _tracking.tracker().new_token()
-        info = _tracking.BatchInfo.of(func, payload)  # not the tasks: freed once pickled
-        payload = _tracking.TrackedBatch(payload, token)
+        payload, token, info, took = self._prepare(func)
         future: Future[Any] = Future()
         for _attempt in range(3):
             state = self._ready_state()
@@ -405,10 +385,6 @@ class MultiprocessingBackend(ParallelBackendBase):
         hand_over(took)
         return future
 
-    def retrieve_result_callback(self, out: Any) -> Any:
-        """The batch's results, or raise its exception (``WorkerDiedError`` when a worker died)."""
-        return out.result()
-
     def terminate(self) -> None:
         """Close the pool and join its workers (queued batches finish first)."""
         with self._state_lock:
@@ -432,12 +408,6 @@ class MultiprocessingBackend(ParallelBackendBase):
                 self._state = _PoolState(*self._pool_args)
         if raced is not None:
             raced.shutdown(kill=True)
-
-    def get_nested_backend(self) -> tuple[Any, int | None]:
-        """Threads sized so workers x threads stays within the CPUs:
-        ``('threading', inner_max_num_threads or max(cpu_count() // n_jobs, 1))``,
-        or ``('sequential', 1)`` when that is 1."""
-        return _nested_threads(self.inner_max_num_threads, self._n_jobs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -19,7 +19,7 @@ class SequentialBackend(ParallelBackendBase):
     started or owned, so ``terminate``/``abort_everything`` have nothing to stop.
     """
 
-    uses_threads = True
+    uses_threads = False  # no thread: batches run inside submit, in the caller's thread
     supports_sharedmem = True
     supports_timeout = False
     supports_auto_batching = False

@@ -17,15 +17,25 @@ from .__about__ import __version__
 from ._dumpload import MAGIC, dump, load
 from ._params import MMAP_MODES, check_nbytes, validate_mmap_mode
 from ._reducers import has_shareable_memory, make_reducers, make_result_reducers, rebuild_memmap
-from ._tempfolder import ENV_VARS, FOLDER_PREFIX, TempFolderManager, cleanup_stale_folders, default_roots
+from ._tempfolder import (
+    ENV_VARS,
+    FOLDER_PREFIX,
+    SHM_FOLDER,
+    TempFolderManager,
+    choose_temp_folder,
+    cleanup_stale_folders,
+    default_roots,
+)
 
 __all__ = [
     "ENV_VARS",
     "FOLDER_PREFIX",
     "MAGIC",
     "MMAP_MODES",
+    "SHM_FOLDER",
     "TempFolderManager",
     "__version__",
+    "choose_temp_folder",
     "cleanup_stale_folders",
     "default_roots",
     "dump",

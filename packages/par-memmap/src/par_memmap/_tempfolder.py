@@ -99,6 +99,48 @@ def _system_temp_root() -> tuple[str, str]:
     return os.path.abspath(tempfile.gettempdir()), "the system temp folder"
 
 
+def _choose_root(temp_folder: str | None, shm: str | None, nbytes: int) -> tuple[str, str, bool]:
+    """``(root, reason, automatic)``: the folder for an array of ``nbytes`` bytes, in the
+    documented order; ``automatic`` is False when the argument or a variable decided."""
+    if temp_folder is not None:
+        return temp_folder, "given as the temp_folder argument", False
+    for var in ENV_VARS:
+        value = os.environ.get(var)
+        if value:
+            return os.path.abspath(value), f"set by the {var} environment variable", False
+    why_not = ""
+    if shm:
+        if not os.path.isdir(shm):
+            why_not = f"{shm} does not exist"
+        elif not os.access(shm, os.W_OK | os.X_OK):
+            why_not = f"{shm} is not writable"
+        else:
+            try:
+                free = _free_bytes(shm)
+            except OSError as exc:
+                free, why_not = -1, f"the free space of {shm} is unknown ({exc})"
+            if free >= nbytes + SHM_RESERVE_BYTES:
+                return (
+                    shm,
+                    f"{shm} exists, is writable and has {_human(free)} free for a {_human(nbytes)} array",
+                    True,
+                )
+            if free >= 0:
+                why_not = f"{shm} has only {_human(free)} free for a {_human(nbytes)} array"
+    root, reason = _system_temp_root()
+    return root, (f"{reason} ({why_not})" if why_not else reason), True
+
+
+def choose_temp_folder(
+    temp_folder: str | os.PathLike[str] | None = None, nbytes: int = 0, *, shm_folder: str | None = SHM_FOLDER
+) -> tuple[str, str]:
+    """``(folder, reason)``: where a :class:`TempFolderManager` with these arguments would
+    put an array of ``nbytes`` bytes, and why; nothing is created (for reports)."""
+    given = None if temp_folder is None else os.path.abspath(os.fspath(temp_folder))
+    root, reason, _ = _choose_root(given, shm_folder, nbytes)
+    return root, reason
+
+
 def default_roots(extra: Iterable[str | os.PathLike[str] | None] = ()) -> list[str]:
     """The folders where sub-folders may have been created: ``extra``, the environment
     variables, ``/dev/shm``, the system temp folders; existing ones only, without duplicates."""
@@ -318,36 +360,11 @@ class TempFolderManager:
         """``(root, reason, may_fall_back)`` for an array of ``nbytes`` bytes."""
         if self._fixed_root is not None:
             return (*self._fixed_root, False)
-        if self._temp_folder is not None:
-            self._fixed_root = (self._temp_folder, "given as the temp_folder argument")
-            return (*self._fixed_root, False)
-        for var in ENV_VARS:
-            value = os.environ.get(var)
-            if value:
-                self._fixed_root = (os.path.abspath(value), f"set by the {var} environment variable")
-                return (*self._fixed_root, False)
-        why_not = ""
-        shm = self._shm_folder
-        if shm:
-            if not os.path.isdir(shm):
-                why_not = f"{shm} does not exist"
-            elif not os.access(shm, os.W_OK | os.X_OK):
-                why_not = f"{shm} is not writable"
-            else:
-                try:
-                    free = _free_bytes(shm)
-                except OSError as exc:
-                    free, why_not = -1, f"the free space of {shm} is unknown ({exc})"
-                if free >= nbytes + SHM_RESERVE_BYTES:
-                    return (
-                        shm,
-                        f"{shm} exists, is writable and has {_human(free)} free for a {_human(nbytes)} array",
-                        True,
-                    )
-                if free >= 0:
-                    why_not = f"{shm} has only {_human(free)} free for a {_human(nbytes)} array"
-        root, reason = _system_temp_root()
-        return root, (f"{reason} ({why_not})" if why_not else reason), False
+        root, reason, automatic = _choose_root(self._temp_folder, self._shm_folder, nbytes)
+        if not automatic:  # the argument or an environment variable: decided once
+            self._fixed_root = (root, reason)
+            return root, reason, False
+        return root, reason, root == self._shm_folder
 
     def _subfolder(self, root: str, reason: str) -> str:
         """Our sub-folder in ``root``, created (and locked) on first use."""

@@ -1,27 +1,46 @@
 """The engine: iterable -> batches -> backend -> results.
 
-One :class:`_Call` per ``run``. Its data path, top to bottom:
+One :class:`_Call` per ``run``, built from two small parts: a :class:`BatchSource`
+(iterable -> batches) and a :class:`ResultStore` (batches of results, ordered or
+unordered). The scheduler owns dispatch: backends' completion callbacks only record
+the outcome and wake the scheduler, so ``backend.submit`` is never re-entered from its
+own callback. Who calls whom, on which thread::
 
-1. **Pull** (``_cut_batch``): tasks are taken from the user's iterable with
+    caller's thread (run / next(generator))        backend's threads
+    ---------------------------------------        -----------------
+    _Call.dispatch()  <-- the one place that decides what runs next
+      BatchSource.next_batch()  (user's iterable)
+      backend.submit(batch, cb) ------------------> runs batch() in a worker
+    _Call.wait for a result / room <-- notify ---- cb(out) = _Call._on_done:
+      (condition variable, no polling)                retrieve_result_callback(out),
+      backend.batch_completed(...)                    ResultStore.put, wake; nothing else
+    ResultStore.pop() -> results to the caller
+
+Its data path, top to bottom:
+
+1. **Pull** (``BatchSource.next_batch``): tasks are taken from the user's iterable with
    ``itertools.islice`` into a list buffer and cut into ``BatchedCalls``. Only the
-   thread holding the *pump role* (``_pumping``, taken under the lock) touches the
-   iterable, so it is consumed by one thread at a time, lazily: at most ``pre_dispatch``
+   dispatching thread (the caller's) touches the iterable, lazily: at most ``pre_dispatch``
    batches are pulled ahead of the results (plus, once batches hold several tasks, a
-   look-ahead of ``n_jobs`` batches used to detect the end and split the tail).
-2. **Submit** (``_pump``): ``backend.submit(batch, callback)``. The pump role is taken by
-   whichever thread finds room in the window: the caller at the start, then the
-   completion callbacks (a worker or result thread), or the consumer of a generator.
-3. **Complete** (``_on_done``): the backend calls the callback once per batch, from any
-   thread; under one lock acquisition per batch the results are stored, the batch size
-   policy is told the batch's duration, progress listeners are called and the caller is
-   woken; then the callback pumps the next batches if the window has room.
+   look-ahead of ``n_jobs`` batches used to detect the end and split the tail). With
+   ``n_jobs=1`` the call is a plain loop: one batch is read, run, and only then is the
+   next one read (no look-ahead, a window of one batch).
+2. **Submit** (``_Call.dispatch``): ``backend.submit(batch, callback)``, in the caller's
+   thread, never with the scheduler's lock held, while the window has room. The caller
+   dispatches at the start (``'list'`` and, with ``n_jobs > 1``, the generators) and
+   each time it wakes up: a completed batch frees room, a consumed result too.
+3. **Complete** (``_Call._on_done``): the backend calls the callback once per batch, from
+   any thread (even inside ``submit``); under one lock acquisition it stores the results,
+   tells the batch size policy the batch's duration, calls the progress listeners and
+   wakes the caller. It never dispatches.
 4. **Retrieve** (``next_results``/``collect_all``): the caller blocks on a condition
    variable (no polling) for the next batch in submission order (``'generator'``) or in
    completion order (``'generator_unordered'``), raising the first error, or
-   ``TimeoutError`` when it waited more than ``timeout`` seconds for a result. For
-   ``'list'`` without timeout the caller is only woken at the end or on the first error,
-   then concatenates the batches in order.
+   ``TimeoutError`` when it waited more than ``timeout`` seconds for a result; each
+   time it wakes it first dispatches what the window has room for. For ``'list'``
+   the batches are concatenated in order at the end.
 
+The call's life cycle is one :class:`State` with checked transitions (``_TRANSITIONS``).
 On any error, timeout, interrupt or early close of a generator the call is aborted:
 no more batches are submitted and ``backend.abort_everything(ensure_ready=...)``
 cancels what is pending; late callbacks are ignored.
@@ -29,6 +48,7 @@ cancels what is pending; late callbacks are ignored.
 
 from __future__ import annotations
 
+import enum
 import gc
 import threading
 import time
@@ -73,6 +93,194 @@ def _retrieval_context(backend: Any) -> Callable[[], Any] | None:
     return backend.retrieval_context  # type: ignore[no-any-return]
 
 
+# -- 1. pull: the batch source ----------------------------------------------------------
+class BatchSource:
+    """Cuts the user's iterable into ``BatchedCalls``; used by the dispatching thread only.
+
+    ``total`` is the number of tasks once known (``len()`` or the end was reached)."""
+
+    def __init__(
+        self,
+        iterable: Iterable[TaskTuple],
+        sizer: Any,
+        *,
+        n_jobs: int,
+        window: int | None,
+        plan: bool,
+        peek: bool,
+    ) -> None:
+        self._sizer = sizer
+        self._adaptive = bool(sizer.adaptive) and n_jobs > 1
+        self._n_jobs = n_jobs
+        self._window = window
+        # A short call (all its tasks known at the start, at most one window of them) is
+        # cut into at most n_jobs batches of this size, instead of batches of one. Only
+        # planned for a list result (``plan``): a generator's caller would see no result
+        # before the first planned batch completes. ``peek``: reading one task beyond the
+        # window to learn whether the call is short (not when the user set pre_dispatch).
+        self._planned = not (plan and self._adaptive)
+        self._peek = peek
+        self._split_size = 0
+        try:
+            self.length: int | None = len(iterable)  # type: ignore[arg-type]
+        except Exception:
+            self.length = None
+        self.total: int | None = self.length
+        self._iterable: Iterable[TaskTuple] | None = iterable
+        self._it: Iterator[TaskTuple] | None = None
+        self._buf: list[TaskTuple] = []
+        self._pos = 0
+        self.exhausted = False
+        self._n_cut = 0
+        self._nested: Any = None
+
+    def open(self, nested: Any) -> None:
+        """Start reading (``pre_dispatch='all'``: the whole iterable now)."""
+        self._nested = nested
+        iterable, self._iterable = self._iterable, None
+        assert iterable is not None
+        if self._window is None:
+            self._buf = list(iterable)
+            self._end(len(self._buf))
+        else:
+            self._it = iter(iterable)
+
+    def close(self) -> None:
+        self._buf = []
+        self._it = None
+        self._iterable = None
+
+    def _end(self, total: int) -> None:
+        self.exhausted = True
+        self._it = None
+        self.total = total
+
+    def _plan(self) -> None:
+        """At the first cut (auto policy, list result): when the whole call is known to hold
+        at most one window of tasks, cut it into at most ``n_jobs`` equal batches. The
+        window is ``pre_dispatch`` (in tasks, as the first batches hold one task each), or
+        ``2 * n_jobs`` for ``pre_dispatch='all'``."""
+        self._planned = True
+        limit = self._window if self._window is not None else 2 * self._n_jobs
+        total: int | None = None
+        if self.exhausted:
+            total = len(self._buf) - self._pos
+        elif self.length is not None:
+            total = self.length
+        elif self._it is not None:
+            want = limit + 1 if self._peek else limit
+            self._buf.extend(islice(self._it, want))
+            if len(self._buf) < want:
+                total = len(self._buf)
+                self._end(total)
+        if total is not None and 1 < total <= limit:
+            self._split_size = -(-total // self._n_jobs)  # ceil
+
+    def next_batch(self) -> BatchedCalls | None:
+        """The next batch from the iterable, or None when it is exhausted."""
+        if not self._planned:
+            self._plan()
+        size = self._split_size or self._sizer.next_size()
+        buf = self._buf
+        avail = len(buf) - self._pos
+        if not self.exhausted:
+            want = size
+            if self._adaptive and size > 1:
+                want = size * self._n_jobs if size * self._n_jobs <= LOOKAHEAD_TASKS else size + 1
+            if avail < want:
+                it = self._it
+                if it is None:  # closed meanwhile
+                    return None
+                if self._pos:
+                    buf = self._buf = buf[self._pos :]
+                    self._pos = 0
+                buf.extend(islice(it, want - avail))
+                avail = len(buf)
+                if avail < want:
+                    self._end(self._n_cut + avail)
+        if avail == 0:
+            return None
+        if self.exhausted and self._adaptive and not self._split_size:
+            size = tail_batch_size(size, avail, self._n_jobs)
+        pos = self._pos
+        tasks = buf[pos : pos + size]
+        pos += len(tasks)
+        if len(buf) - pos <= pos:
+            # Drop the buffer's references to the tasks cut (amortised O(1) per task), so
+            # that they are freed once the batch is pickled, not at the next pull.
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        batch = BatchedCalls(tasks, self._nested, self._n_cut)
+        self._n_cut += len(tasks)
+        return batch
+
+
+# -- 4. retrieve: the result store -------------------------------------------------------
+class ResultStore:
+    """The batches of results not yet retrieved: by submission order or completion order."""
+
+    def __init__(self, ordered: bool) -> None:
+        self.ordered = ordered
+        self._by_seq: dict[int, Any] = {}
+        self._fifo: deque[Any] = deque()
+        self._next_seq = 0
+
+    def put(self, seq: int, results: Any) -> None:
+        if self.ordered:
+            self._by_seq[seq] = results
+        else:
+            self._fifo.append(results)
+
+    def pop(self) -> Any:
+        """The next batch of results, or ``_MISSING`` when it has not completed yet."""
+        if self.ordered:
+            results = self._by_seq.pop(self._next_seq, _MISSING)
+            if results is not _MISSING:
+                self._next_seq += 1
+            return results
+        return self._fifo.popleft() if self._fifo else _MISSING
+
+    def take_all(self) -> list[Any]:
+        """Every result, concatenated in order (all batches completed)."""
+        out: list[Any] = []
+        by_seq = self._by_seq
+        for seq in range(self._next_seq, self._next_seq + len(by_seq)):
+            out.extend(by_seq.pop(seq))
+        while self._fifo:
+            out.extend(self._fifo.popleft())
+        return out
+
+    def clear(self) -> None:
+        self._by_seq.clear()
+        self._fifo.clear()
+
+
+# -- the call's life cycle ---------------------------------------------------------------
+class State(enum.Enum):
+    CREATED = "created"  # nothing started
+    RUNNING = "running"  # dispatching
+    DRAINED = "drained"  # the source is exhausted; batches may still be running
+    COMPLETE = "complete"  # every batch completed (results may still be waiting)
+    FAILED = "failed"  # the first error was recorded: nothing more is dispatched
+    ABORTED = "aborted"  # abort_everything was (being) called
+    CLOSED = "closed"  # stop_call and on_finish done
+
+
+S = State
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    S.CREATED: frozenset({S.RUNNING, S.ABORTED, S.CLOSED}),
+    S.RUNNING: frozenset({S.DRAINED, S.FAILED, S.ABORTED}),
+    S.DRAINED: frozenset({S.COMPLETE, S.FAILED, S.ABORTED}),
+    S.COMPLETE: frozenset({S.FAILED, S.ABORTED, S.CLOSED}),
+    S.FAILED: frozenset({S.ABORTED, S.CLOSED}),
+    S.ABORTED: frozenset({S.CLOSED}),
+    S.CLOSED: frozenset(),
+}
+_DISPATCHING = frozenset({S.RUNNING})
+_ACCEPTING = frozenset({S.RUNNING, S.DRAINED})  # completions are recorded
+
+
 class _Call:
     """The state of one ``run``: see the module docstring for the data path."""
 
@@ -94,46 +302,39 @@ class _Call:
         self._backend = backend
         self._n_jobs = n_jobs
         self._sizer = make_sizer(batch_size, backend, n_jobs)
-        self._adaptive = self._sizer.adaptive
-        # A short call (all its tasks known at the start, at most one window of them) is
-        # cut into at most n_jobs batches of this size, instead of batches of one.
-        self._split_size = 0
-        # Only for a list result: the caller sees no result before the end, so batches of
-        # several tasks delay nothing; and reading one task beyond the window at the start
-        # (to learn whether the call is short) is not observable either.
-        self._planned = not (self._adaptive and return_as == "list")
-        # ... except when the user set pre_dispatch: then the iterable is read exactly
-        # as far as the window, as the spec's producer example shows.
-        self._peek = return_as == "list" and peek_allowed
+        if n_jobs == 1 and window is not None:
+            window = 1  # a plain loop: read one batch, run it, then read the next
         self._window = window
-        self._ordered = return_as != "generator_unordered"
+        self._source = BatchSource(
+            iterable,
+            self._sizer,
+            n_jobs=n_jobs,
+            window=window,
+            plan=return_as == "list",
+            peek=return_as == "list" and peek_allowed,
+        )
+        self._store = ResultStore(ordered=return_as != "generator_unordered")
         # In generator modes, results not yet consumed count against the window, so a
         # slow consumer (or a synchronous backend) does not make the call run ahead.
         self._backpressure = return_as != "list"
+        # With n_jobs=1, a generator is a plain loop: it runs nothing before the first
+        # result is asked for, and reads the next batch only when the next is asked for.
+        self._plain_loop = n_jobs == 1 and return_as != "list"
         self._timeout = timeout
         self._listeners = tuple(listeners)
         self._ensure_ready = ensure_ready
         self._on_finish = on_finish
-        try:
-            self._length: int | None = len(iterable)  # type: ignore[arg-type]
-        except Exception:
-            self._length = None
-        self._iterable: Iterable[TaskTuple] | None = iterable
+        # Wake the caller at every completed batch once the source is exhausted only when
+        # it consumes batch by batch (a generator, or a timeout to watch).
+        self._wake_per_batch = return_as != "list" or timeout is not None
+        self._retrieval: Callable[[], Any] | None = _retrieval_context(backend)
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-
-        # Source side: touched only by the thread holding the pump role.
-        self._it: Iterator[TaskTuple] | None = None
-        self._buf: list[TaskTuple] = []
-        self._pos = 0
-        self._source_done = False
-        self._ready: deque[BatchedCalls] = deque()
-        self._n_cut = 0
-        self._nested: Any = None
-
-        # Shared state, under the lock.
-        self._pumping = False
+        self._state = S.CREATED
+        self._started = False  # backend.start_call() returned: stop_call is owed
+        self._error: BaseException | None = None
+        # Counters, under the lock.
         self._in_flight = 0
         self._unconsumed = 0
         self._n_batches = 0
@@ -141,57 +342,43 @@ class _Call:
         self._n_completed = 0
         self._n_done_batches = 0
         self._n_retrieved = 0
-        self._total: int | None = self._length
-        self._dispatch_done = False
-        self._results: Any = {} if self._ordered else deque()
-        self._next_seq = 0
-        self._error: BaseException | None = None
-        self._failed = False
-        self._aborting = False
-        self._closed = False
-        self._finished_event = False
-        self._waiting = False
-        # Wake the caller at every completed batch, except for a list without timeout:
-        # then it only needs to wake at the end (or on the first error).
-        self._wake_per_batch = return_as != "list" or timeout is not None
-        # The backend's retrieval_context() (e.g. dask leaves its worker's thread pool
-        # while waiting), entered around the caller's waits when the backend overrides it.
-        self._retrieval: Callable[[], Any] | None = _retrieval_context(backend)
+        self._durations: list[tuple[int, float]] = []  # for backend.batch_completed
+        # Dispatcher side (the caller's thread only): batches cut, not yet submitted.
+        self._ready: deque[BatchedCalls] = deque()
+        self._source_empty = False
         self._recent_done: deque[float] = deque(maxlen=n_jobs)
         self._t0 = _now()
 
-        self._started = False
-        self._over = False
-
     # -- life cycle -------------------------------------------------------------------
+    def _to_locked(self, state: State) -> None:
+        if state not in _TRANSITIONS[self._state]:
+            raise RuntimeError(f"par_scheduler: invalid call transition {self._state.value} -> {state.value}")
+        self._state = state
+
     def start(self) -> None:
         """``start_call``, the ``'start'`` event, then the first batches (in this thread)."""
         self._t0 = _now()
         backend = self._backend
         backend.start_call()
         self._started = True
-        self._nested = backend.get_nested_backend()
-        iterable, self._iterable = self._iterable, None
-        assert iterable is not None
-        if self._window is None:
-            # pre_dispatch='all': the whole iterable is consumed at once.
-            self._buf = list(iterable)
-            self._source_done = True
-            self._total = len(self._buf)
-        else:
-            self._it = iter(iterable)
+        self._source.open(backend.get_nested_backend())
         with self._lock:
+            self._to_locked(S.RUNNING)
             self._emit_locked("start", 0)
-            self._pumping = True
-        self._pump()
+        if not self._plain_loop:
+            self.dispatch()
 
     def abort_and_finish(self, exc: BaseException) -> None:
         """End the call abnormally: stop dispatching, cancel what is pending, clean up."""
         with self._lock:
-            self._aborting = True
-            self._emit_locked("aborted", 0)
+            if self._state in (S.ABORTED, S.CLOSED):
+                aborting = False
+            else:
+                aborting = True
+                self._to_locked(S.ABORTED)
+                self._emit_locked("aborted", 0)
         try:
-            if self._started:
+            if aborting and self._started:
                 try:
                     self._backend.abort_everything(ensure_ready=self._ensure_ready)
                 except Exception as abort_exc:
@@ -206,14 +393,12 @@ class _Call:
     def finish(self, exc: BaseException | None) -> None:
         """``stop_call`` then ``on_finish(exc)``, exactly once per call."""
         with self._lock:
-            if self._over:
+            if self._state is S.CLOSED:
                 return
-            self._over = True
-            self._closed = True
-            self._results = None
+            self._to_locked(S.CLOSED)
+            self._store.clear()
             self._ready.clear()
-        self._buf = []
-        self._it = None
+        self._source.close()
         try:
             if self._started:
                 try:
@@ -231,73 +416,7 @@ class _Call:
             if self._on_finish is not None:
                 self._on_finish(exc)
 
-    # -- 1. pull ----------------------------------------------------------------------
-    def _plan(self) -> None:
-        """At the first cut (auto policy): when the whole call is known to hold at most one
-        window of tasks, cut it into at most ``n_jobs`` equal batches (one submission per
-        worker instead of one per task). The window is ``pre_dispatch`` (in tasks, as the
-        first batches hold one task each), or ``2 * n_jobs`` for ``pre_dispatch='all'``."""
-        self._planned = True
-        limit = self._window if self._window is not None else 2 * self._n_jobs
-        total: int | None = None
-        if self._source_done:
-            total = len(self._buf) - self._pos
-        elif self._length is not None:
-            total = self._length
-        elif self._it is not None:
-            want = limit + 1 if self._peek else limit
-            self._buf.extend(islice(self._it, want))
-            if len(self._buf) < want:
-                total = len(self._buf)
-                self._source_done = True
-                self._it = None
-                with self._lock:
-                    self._total = total
-        if total is not None and 1 < total <= limit:
-            self._split_size = -(-total // self._n_jobs)  # ceil
-
-    def _cut_batch(self) -> BatchedCalls | None:
-        """The next batch from the iterable, or None when it is exhausted (pump role)."""
-        if not self._planned:
-            self._plan()
-        size = self._split_size or self._sizer.next_size()
-        buf = self._buf
-        avail = len(buf) - self._pos
-        if not self._source_done:
-            want = size
-            if self._adaptive and size > 1:
-                want = size * self._n_jobs if size * self._n_jobs <= LOOKAHEAD_TASKS else size + 1
-            if avail < want:
-                it = self._it
-                if it is None:  # the call was closed meanwhile
-                    return None
-                if self._pos:
-                    buf = self._buf = buf[self._pos :]
-                    self._pos = 0
-                buf.extend(islice(it, want - avail))
-                avail = len(buf)
-                if avail < want:
-                    self._source_done = True
-                    self._it = None
-                    with self._lock:
-                        self._total = self._n_cut + avail
-        if avail == 0:
-            return None
-        if self._source_done and self._adaptive and not self._split_size:
-            size = tail_batch_size(size, avail, self._n_jobs)
-        pos = self._pos
-        tasks = buf[pos : pos + size]
-        pos += len(tasks)
-        if len(buf) - pos <= pos:
-            # Drop the buffer's references to the tasks cut (amortised O(1) per task), so
-            # that they are freed once the batch is pickled, not at the next pull.
-            del buf[:pos]
-            pos = 0
-        self._pos = pos
-        batch = BatchedCalls(tasks, self._nested, self._n_cut)
-        self._n_cut += len(tasks)
-        return batch
-
+    # -- 2. submit: the dispatcher ----------------------------------------------------
     def _has_room_locked(self) -> bool:
         if self._window is None:
             return not self._ready
@@ -306,48 +425,60 @@ class _Call:
             used += self._unconsumed
         return used < self._window
 
-    # -- 2. submit --------------------------------------------------------------------
-    def _pump(self) -> None:
-        """Pull batches while the window has room, submitting each after the window is
-        filled. Runs in the one thread that took the pump role; gives it back on exit.
+    def dispatch(self) -> None:
+        """Pull and submit batches while the window has room (the caller's thread).
 
-        The cyclic garbage collector is paused meanwhile: pulling a batch allocates a
-        tuple or two per task, which the backend's ``submit`` (pickling) frees again, so
-        a collection in between would only walk them; for 10^6 trivial tasks the
-        collections cost more than the rest of the dispatch. Nothing is lost: cycles made
-        by the user's generator meanwhile are collected after the pump."""
-        if not gc.isenabled():  # paused by an outer pump, or disabled by the user
-            self._pump_batches()
+        The one place that decides what runs next. ``submit`` is called without the
+        lock held, so a callback fired inside it (or from a thread holding a lock that
+        ``submit`` takes) only records its outcome. The cyclic garbage collector is
+        paused meanwhile: pulling a batch allocates a tuple or two per task, which the
+        backend's ``submit`` (pickling) frees again, so a collection in between would
+        only walk them; for 10^6 trivial tasks the collections cost more than the rest
+        of the dispatch. Cycles made by the user's generator meanwhile are collected
+        after it."""
+        if self._durations:
+            self._report_durations()
+        if self._state not in _DISPATCHING or not (
+            self._ready or self._has_room_locked()
+        ):  # rechecked under the lock
+            return
+        if not gc.isenabled():  # disabled by the user
+            self._dispatch_batches()
             return
         gc.disable()
         try:
-            self._pump_batches()
+            self._dispatch_batches()
         finally:
             gc.enable()
 
-    def _pump_batches(self) -> None:
+    def _dispatch_batches(self) -> None:
+        """Cut batches until the window is full, then submit them one by one (so with
+        ``pre_dispatch=k`` the first ``k`` batches are read before the first one runs)."""
+        source = self._source
         ready = self._ready
         submit = self._backend.submit
         on_done = self._on_done
         try:
             while True:
-                while self._has_room_locked():  # a stale read only errs on the safe side
-                    batch = self._cut_batch()
+                while (
+                    not self._source_empty and self._has_room_locked()
+                ):  # a stale read errs on the safe side
+                    batch = source.next_batch()  # the user's iterable: outside the lock
                     if batch is None:
+                        self._source_empty = True
                         break
                     ready.append(batch)
                 with self._lock:
-                    if self._aborting or self._closed:
-                        self._pumping = False
+                    if self._state not in _DISPATCHING:
                         return
                     if not ready:
-                        if self._source_done and self._pos >= len(self._buf):
-                            self._dispatch_done = True
-                            self._check_finished_locked()
+                        if self._source_empty:
+                            self._to_locked(S.DRAINED)
+                            self._check_complete_locked()
                             self._cond.notify_all()
-                        elif self._has_room_locked():
+                            return
+                        if self._has_room_locked():
                             continue  # a batch completed meanwhile
-                        self._pumping = False
                         return
                     batch = ready.popleft()
                     seq = self._n_batches
@@ -358,14 +489,23 @@ class _Call:
                     if self._listeners:
                         self._emit_locked("dispatched", size)
                 submit(batch, callback=partial(on_done, seq, size, _now()))
-        except BaseException as exc:  # the iterable or submit failed (or Ctrl-C in the caller)
+                del batch
+        except BaseException as exc:  # the iterable or submit failed (or Ctrl-C)
             with self._lock:
-                self._pumping = False
                 self._fail_locked(exc)
+
+    def _report_durations(self) -> None:
+        """``backend.batch_completed`` for the batches completed since the last call, from
+        the scheduler's thread (never from the backend's callback)."""
+        with self._lock:
+            done, self._durations = self._durations, []
+        for size, duration in done:
+            self._backend.batch_completed(size, duration)
 
     # -- 3. complete ------------------------------------------------------------------
     def _on_done(self, seq: int, size: int, t_submit: float, out: Any) -> None:
-        """The completion callback of batch ``seq`` (any thread, once per batch)."""
+        """The completion callback of batch ``seq`` (any thread, once per batch): record
+        the outcome and wake the caller, nothing more."""
         try:
             results = self._backend.retrieve_result_callback(out)
             error: BaseException | None = None
@@ -373,13 +513,11 @@ class _Call:
             results, error = None, exc
         now = _now()
         with self._lock:
-            if self._closed:
+            if self._state not in _ACCEPTING:
                 return
             self._in_flight -= 1
             if error is not None:
                 self._fail_locked(error)
-                return
-            if self._aborting:
                 return
             # The batch started when it was submitted or, when all workers were busy,
             # when a worker became free: about n_jobs completions ago.
@@ -390,89 +528,65 @@ class _Call:
             recent.append(now)
             duration = now - start
             self._sizer.record(size, duration)
+            self._durations.append((size, duration))
             self._n_completed += size
             self._n_done_batches += 1
             self._unconsumed += 1
-            if self._ordered:
-                self._results[seq] = results
-            else:
-                self._results.append(results)
+            self._store.put(seq, results)
             if self._listeners:
                 self._emit_locked("completed", size)
-            if self._dispatch_done:
-                self._check_finished_locked()
-            if self._waiting and self._wake_per_batch:
-                self._cond.notify()
-            pump = not self._pumping and not self._dispatch_done and self._has_room_locked()
-            if pump:
-                self._pumping = True
-        self._backend.batch_completed(size, duration)
-        if pump:
-            self._pump()
+            if self._state is S.DRAINED:
+                self._check_complete_locked()
+                if self._wake_per_batch:
+                    self._cond.notify()
+            else:
+                self._cond.notify()  # results to hand over, or room to dispatch into
 
     # -- 4. retrieve ------------------------------------------------------------------
     def next_results(self) -> list[Any] | None:
         """The next batch of results (caller's thread), None when all were returned.
 
-        When it has to block, the backend's ``retrieval_context()`` is entered (outside
-        the lock) around the waiting, and left before returning."""
+        Dispatches whenever the window has room. When it has to block, the backend's
+        ``retrieval_context()`` is entered (outside the lock) around the waiting, and
+        left before returning."""
         timeout = self._timeout
         deadline: float | None = None
-        context: Any = None
+        entered = False
         outer: Any = _NO_CONTEXT if self._retrieval is None else ExitStack()
-        with outer, self._lock:
+        with outer:
             while True:
-                if self._error is not None:
-                    error, self._error = self._error, None
-                    raise error
-                if self._ordered:
-                    results = self._results.pop(self._next_seq, _MISSING)
+                self.dispatch()
+                with self._lock:
+                    if self._error is not None:
+                        error, self._error = self._error, None
+                        raise error
+                    results = self._store.pop()
                     if results is not _MISSING:
-                        self._next_seq += 1
+                        self._n_retrieved += 1
+                        self._unconsumed -= 1
                         break
-                elif self._results:
-                    results = self._results.popleft()
-                    break
-                if self._dispatch_done and self._n_retrieved == self._n_batches:
-                    return None
-                if self._failed:  # the error was already raised once
-                    raise RuntimeError("this parallel call has already failed")
-                if timeout is None:
-                    remaining = None
-                else:
-                    if deadline is None:
-                        deadline = _now() + timeout
-                    remaining = deadline - _now()
-                    if remaining <= 0:
-                        raise TimeoutError(self._timeout_message())
-                if context is None and self._retrieval is not None:
-                    # Enter the backend's context without holding the lock (it may block,
-                    # and completion callbacks need the lock), then look again.
-                    context = outer
-                    self._lock.release()
-                    try:
-                        outer.enter_context(self._retrieval())
-                    finally:
-                        self._lock.acquire()
-                    continue
-                self._waiting = True
-                try:
-                    self._cond.wait(remaining)
-                finally:
-                    self._waiting = False
-            self._n_retrieved += 1
-            self._unconsumed -= 1
-            pump = (
-                self._backpressure
-                and not self._pumping
-                and not self._aborting
-                and not self._dispatch_done
-                and self._has_room_locked()
-            )
-            if pump:
-                self._pumping = True
-        if pump:
-            self._pump()
+                    if self._state is S.COMPLETE and self._n_retrieved == self._n_batches:
+                        return None
+                    if self._state in (S.FAILED, S.ABORTED, S.CLOSED):  # the error was already raised
+                        raise RuntimeError("this parallel call has already failed")
+                    if self._state is S.RUNNING and self._has_room_locked():
+                        continue  # room was made meanwhile: dispatch first
+                    remaining: float | None = None
+                    if timeout is not None:
+                        if deadline is None:
+                            deadline = _now() + timeout
+                        remaining = deadline - _now()
+                        if remaining <= 0:
+                            raise TimeoutError(self._timeout_message())
+                    if not entered and self._retrieval is not None:
+                        entered = True
+                    else:
+                        self._cond.wait(remaining)
+                        continue
+                # Enter the backend's context without the lock (it may block), then look again.
+                outer.enter_context(self._retrieval())
+        if self._backpressure and not self._plain_loop:
+            self.dispatch()  # the consumed result made room: keep the workers busy
         return results  # type: ignore[no-any-return]
 
     def collect_all(self) -> list[Any]:
@@ -486,30 +600,27 @@ class _Call:
             return self._collect_all()
 
     def _collect_all(self) -> list[Any]:
-        out: list[Any] = []
-        if self._wake_per_batch:  # with a timeout: watch the wait for each batch
-            while True:
-                results = self.next_results()
-                if results is None:
-                    return out
+        if self._timeout is not None:  # watch the wait for each batch
+            out: list[Any] = []
+            while (results := self.next_results()) is not None:
                 out.extend(results)
-        with self._lock:
-            while True:
+            return out
+        while True:
+            self.dispatch()
+            with self._lock:
                 if self._error is not None:
                     error, self._error = self._error, None
                     raise error
-                if self._finished_event:
+                if self._state is S.COMPLETE:
                     break
-                self._waiting = True
-                try:
-                    self._cond.wait()
-                finally:
-                    self._waiting = False
-            batches, self._results = self._results, {}
-            self._n_retrieved = self._next_seq = self._n_batches
-        for seq in range(len(batches)):
-            out.extend(batches[seq])
-        return out
+                if self._state is S.RUNNING and self._has_room_locked():
+                    continue
+                if self._state not in _ACCEPTING:
+                    raise RuntimeError("this parallel call has already failed")
+                self._cond.wait()
+        with self._lock:
+            self._n_retrieved = self._n_batches
+            return self._store.take_all()
 
     def _timeout_message(self) -> str:
         msg = (
@@ -526,21 +637,15 @@ class _Call:
     # -- helpers (lock held) ----------------------------------------------------------
     def _fail_locked(self, exc: BaseException) -> None:
         """Record the first error and stop dispatching; later errors are dropped."""
-        if self._failed or self._aborting or self._closed:
+        if self._state not in (S.RUNNING, S.DRAINED, S.COMPLETE):
             return
-        self._failed = True
+        self._to_locked(S.FAILED)
         self._error = exc
-        self._aborting = True
         self._cond.notify_all()
 
-    def _check_finished_locked(self) -> None:
-        if (
-            not self._finished_event
-            and self._dispatch_done
-            and self._n_done_batches == self._n_batches
-            and not self._aborting
-        ):
-            self._finished_event = True
+    def _check_complete_locked(self) -> None:
+        if self._state is S.DRAINED and self._n_done_batches == self._n_batches:
+            self._to_locked(S.COMPLETE)
             self._emit_locked("finished", 0)
             self._cond.notify_all()
 
@@ -548,7 +653,7 @@ class _Call:
         if not self._listeners:
             return
         elapsed = _now() - self._t0
-        total = self._total
+        total = self._source.total
         done = self._n_completed
         eta = elapsed / done * (total - done) if total is not None and done else None
         event = ProgressEvent(
@@ -559,9 +664,9 @@ class _Call:
             elapsed,
             batch_size,
             eta,
-            self._length,
+            self._source.length,
             self._n_batches,
-            self._dispatch_done,
+            self._state in (S.DRAINED, S.COMPLETE),
             self._window or 0,
         )
         for listener in self._listeners:

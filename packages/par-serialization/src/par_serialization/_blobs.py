@@ -22,6 +22,8 @@ import threading
 import weakref
 from typing import Any, Protocol, runtime_checkable
 
+from ._tokens import _TOKEN_CACHE
+
 #: Prefix of the private folders of :class:`TempBlobStore` (``<tmp>/par-blobs-<pid>-<random>``).
 BLOB_DIR_PREFIX = "par-blobs-"
 #: Default size above which a pickled callable goes through the blob store (1 MiB).
@@ -100,6 +102,4 @@ def _read_blob(path: str) -> Any:
 def load_blob(token: str, path: str, size: int) -> Any:
     """Worker side: the callable stored at ``path`` under ``token``, unpickled once per
     process (then served from the token cache)."""
-    from ._picklers import _TOKEN_CACHE
-
     return _TOKEN_CACHE.get_or_load(token, _read_blob, (path,), size=size)

@@ -126,8 +126,8 @@ def worker_env(
 
     Inside a worker, the variables par set for the outer call are not the user's: a
     nested call replaces them with its own (smaller) budget. ``environ`` is not modified.
-    A different budget gives a different mapping, so a backend that keys its workers on
-    the environment (``TransportHooks.worker_key``) restarts them when the limit changes.
+    A different budget gives a different mapping (``TransportHooks.env``), which a
+    process backend applies when it starts its workers.
     """
     env = os.environ if environ is None else environ
     if n_cpus is None and inner_max_num_threads is None:

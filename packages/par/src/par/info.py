@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 from importlib import metadata
 from typing import Any
 
@@ -57,9 +56,7 @@ ENV_VARS: tuple[str, ...] = (
     "TMP",
 )
 
-_SHM = "/dev/shm"
-#: Room par_memmap leaves free in /dev/shm beyond an array (its documented reserve).
-_SHM_RESERVE = 8 * 1024 * 1024
+_SHM = par_memmap.SHM_FOLDER
 
 
 def _version(dist: str) -> str | None:
@@ -77,13 +74,9 @@ def _free_space(path: str) -> dict[str, int | None]:
     return {"free_bytes": int(usage.free), "total_bytes": int(usage.total)}
 
 
-def _writable_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
-
-
 def temp_folder_choice(temp_folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Where ``par_memmap.TempFolderManager`` would put the memmapped arrays of a call,
-    and why, worked out without creating anything.
+    and why, as ``par_memmap.choose_temp_folder`` answers (nothing is created).
 
     The order is the manager's documented one: the ``temp_folder`` argument; the
     ``PAR_TEMP_FOLDER``/``JOBLIB_TEMP_FOLDER`` environment variables; ``/dev/shm`` when it
@@ -95,34 +88,7 @@ def temp_folder_choice(temp_folder: str | os.PathLike[str] | None = None) -> dic
     Returns:
         ``{"folder", "reason", "exists", "free_bytes", "total_bytes"}``.
     """
-    folder: str
-    if temp_folder is not None:
-        folder, reason = os.path.abspath(os.fspath(temp_folder)), "given as the temp_folder argument"
-    else:
-        from_env = next(((v, os.environ[v]) for v in par_memmap.ENV_VARS if os.environ.get(v)), None)
-        if from_env is not None:
-            folder, reason = os.path.abspath(from_env[1]), f"set by the {from_env[0]} environment variable"
-        else:
-            why_not = ""
-            shm_free = _free_space(_SHM)["free_bytes"] if _writable_dir(_SHM) else None
-            if not os.path.isdir(_SHM):
-                why_not = f"{_SHM} does not exist"
-            elif not _writable_dir(_SHM):
-                why_not = f"{_SHM} is not writable"
-            elif shm_free is None or shm_free < _SHM_RESERVE:
-                why_not = f"{_SHM} has too little free space"
-            if not why_not:
-                folder, reason = _SHM, f"{_SHM} exists, is writable and has room"
-            else:
-                folder, reason = "", ""
-                for var in ("TMPDIR", "TEMP", "TMP"):
-                    value = os.environ.get(var)
-                    if value and _writable_dir(value):
-                        folder, reason = os.path.abspath(value), f"the system temp folder from ${var}"
-                        break
-                if not folder:
-                    folder, reason = os.path.abspath(tempfile.gettempdir()), "the system temp folder"
-                reason = f"{reason} ({why_not})"
+    folder, reason = par_memmap.choose_temp_folder(temp_folder, shm_folder=_SHM)
     return {"folder": folder, "reason": reason, "exists": os.path.isdir(folder), **_free_space(folder)}
 
 

@@ -1,0 +1,72 @@
+"""What the two process backends (``loky``, ``multiprocessing``) share: their flags, the
+``n_jobs`` rule, the nested backend of their workers, how a batch is prepared for a
+worker (serialized in the caller's thread, given a tracking token, described by a
+``BatchInfo`` that names it if its worker dies) and how results are retrieved."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from par_api import ParallelBackendBase, cpu_count, normalize_n_jobs
+
+from . import _tracking
+from ._common import check_initializer, serialize
+
+__all__ = ["ProcessBackendBase", "nested_threads"]
+
+
+def nested_threads(inner_max_num_threads: int | None, n_jobs: int | None) -> tuple[str, int]:
+    """The backend of a ``Parallel`` inside a worker: threads sized so that workers x
+    threads stays within the CPUs, or ``('sequential', 1)`` when that is one thread."""
+    if inner_max_num_threads is not None:
+        threads = max(int(inner_max_num_threads), 1)
+    else:
+        threads = max(cpu_count() // max(n_jobs or cpu_count(), 1), 1)
+    if threads <= 1:
+        return "sequential", 1
+    return "threading", threads
+
+
+class ProcessBackendBase(ParallelBackendBase):
+    """The base of par's process backends (workers are processes of this machine)."""
+
+    supports_timeout = True
+    supports_inner_max_num_threads = True
+    supports_auto_batching = True
+    supports_transport_hooks = True
+    supports_sharedmem = False
+    uses_threads = False
+
+    _n_jobs: int | None = None
+
+    def _init_user_kwargs(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+        self._user_kwargs: dict[str, Any] = {}
+        if initializer is not None or initargs:
+            self._user_kwargs["initializer"], self._user_kwargs["initargs"] = check_initializer(
+                initializer, initargs
+            )
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
+        return normalize_n_jobs(n_jobs)
+
+    def _prepare(self, func: Callable[[], Any]) -> tuple[_tracking.TrackedBatch, int, Any, float]:
+        """``(payload, token, info, took)`` for ``func``: serialized through
+        ``hooks.serialize_batch`` in this thread (its pickling errors propagate), tagged
+        with a tracking token, described by ``info`` (not the tasks: they are freed once
+        pickled); ``took`` is the serialization time in seconds."""
+        payload, took = serialize(self.hooks, func)
+        token = _tracking.tracker().new_token()
+        info = _tracking.BatchInfo.of(func, payload)
+        return _tracking.TrackedBatch(payload, token), token, info, took
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        """The batch's results, or raise its exception (``WorkerDiedError`` when a worker died)."""
+        return out.result()
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        """Threads sized so workers x threads stays within the CPUs:
+        ``('threading', inner_max_num_threads or max(cpu_count() // n_jobs, 1))``,
+        or ``('sequential', 1)`` when that is 1."""
+        return nested_threads(self.inner_max_num_threads, self._n_jobs)
