@@ -2,6 +2,7 @@
 
 from .__about__ import __version__
 from .backend import AutoBatchingMixin, ParallelBackendBase, TransportHooks, default_effective_n_jobs
+from .code import keep_code_filename
 from .config import (
     DEFAULTS,
     ActiveConfig,
@@ -70,6 +71,7 @@ __all__ = [
     "get_active_config",
     "get_backend_factory",
     "is_default",
+    "keep_code_filename",
     "make_backend",
     "multiprocessing_available",
     "normalize_n_jobs",

@@ -27,6 +27,8 @@ from typing import Any
 
 from par_api import Task
 
+from ._pickling import KeepCode
+
 #: Arguments with a known size of at least this many bytes are scattered (1 MiB).
 DEFAULT_SCATTER_THRESHOLD = 1024**2
 
@@ -89,6 +91,9 @@ def is_small(obj: Any, _depth: int = 0) -> bool:
 def run_batch(batch: Any, *values: Any) -> list[Any]:
     """Worker side: put the scattered ``values`` back in place of their :class:`Slot`
     placeholders, then run the batch (with its nested configuration)."""
+
+    if isinstance(batch, KeepCode):
+        batch = batch.load()
 
     def fill(arg: Any) -> Any:
         return values[arg.index] if type(arg) is Slot else arg

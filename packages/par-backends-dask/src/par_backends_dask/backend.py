@@ -50,6 +50,7 @@ import distributed
 from par_api import ParallelBackendBase, WorkerDiedError, check_n_jobs, parse_nbytes
 
 from ._client import ENV_SCHEDULER, in_worker_task, resolve_client
+from ._pickling import KeepCode
 from ._scatter import DEFAULT_SCATTER_THRESHOLD, CallArguments, run_batch
 
 __all__ = ["DaskBackend"]
@@ -313,6 +314,7 @@ class DaskBackend(ParallelBackendBase):
                 args = self._args
             assert args is not None
         batch, futures = args.prepare(func)
+        batch = KeepCode(batch)  # worker tracebacks name the user's files (see _pickling)
         entry = _Batch((run_batch, batch, *futures) if futures else (batch,), callback)
         return self._send(entry, _batch_key(func))
 

@@ -24,10 +24,11 @@ import threading
 from collections import ChainMap, OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from types import FunctionType
+from types import CodeType, FunctionType
 from typing import Any
 
 import cloudpickle
+from par_api import keep_code_filename
 
 from . import _blobs
 from ._lookup import pickles_by_reference
@@ -426,6 +427,13 @@ class _BlobPickler(cloudpickle.Pickler):  # type: ignore[misc]
         super().__init__(file, protocol=strategy.protocol)
 
 
+#: Code pickled by value keeps its file name (cloudpickle >= 3.1.3 writes
+#: ``<dynamic-code>``), so that a worker's traceback names the user's file and line.
+_CLOUD_CODE: dict[type, Reducer] = {
+    CodeType: keep_code_filename(cloudpickle.Pickler.dispatch_table[CodeType]),
+}
+
+
 class Strategy:
     """One pickling strategy (a choice, extra reducers, a protocol) and its cache.
 
@@ -447,7 +455,9 @@ class Strategy:
         self.protocol = pickle.HIGHEST_PROTOCOL if protocol is None else protocol
         user = dict(reducers) if reducers else {}
         self.fast_table: dict[type, Reducer] = {**copyreg.dispatch_table, **user}
-        self.cloud_table: Mapping[type, Reducer] = ChainMap(user, cloudpickle.Pickler.dispatch_table)
+        self.cloud_table: Mapping[type, Reducer] = ChainMap(
+            user, _CLOUD_CODE, cloudpickle.Pickler.dispatch_table
+        )
         self.handler = _Handler(
             self._dump_blob,
             token_prefix,
