@@ -232,3 +232,22 @@ def test_concurrent_parallel_calls_from_threads():
 
 def test_sqrt_example():
     assert Parallel(n_jobs=2)(delayed(sqrt)(i**2) for i in range(10)) == [float(i) for i in range(10)]
+
+
+# -- max_nbytes: one rule (par_api.parse_nbytes), the same on every backend and n_jobs --
+@pytest.mark.parametrize("max_nbytes", ["1e6", 1e6, "1M", "500k", 10**6, None])
+@pytest.mark.parametrize(("backend", "n_jobs"), [("loky", 2), ("multiprocessing", 2), ("threading", 2), ("loky", 1)])
+def test_max_nbytes_accepted_at_construction_works_when_called(max_nbytes, backend, n_jobs):
+    np = pytest.importorskip("numpy")
+    big = np.arange(200_000, dtype=np.float64)  # 1.6 MB: above every threshold here
+    out = Parallel(n_jobs=n_jobs, backend=backend, max_nbytes=max_nbytes)(delayed(np.sum)(big) for _ in range(3))
+    assert out == [big.sum()] * 3
+
+
+@pytest.mark.parametrize("max_nbytes", ["lots", "1X", -1, "-1M", float("inf"), "nan", True, [1]])
+def test_a_bad_max_nbytes_fails_at_construction_naming_the_parameter(max_nbytes):
+    with pytest.raises((TypeError, ValueError), match="max_nbytes"):
+        Parallel(n_jobs=2, max_nbytes=max_nbytes)
+    with pytest.raises((TypeError, ValueError), match="max_nbytes"):
+        with parallel_config(max_nbytes=max_nbytes):
+            pass

@@ -46,7 +46,7 @@ def array_files(m: TempFolderManager) -> list[str]:
 
 
 def test_memmap_spec_automatic_conversion(executor: ProcessPoolExecutor, manager: TempFolderManager) -> None:
-    reducers = make_reducers(manager, max_nbytes=1e6)
+    reducers = make_reducers(manager, max_nbytes=1_000_000)
     out = [remote(executor, reducers, h.is_memmap, np.ones(int(i))) for i in [1e2, 1e4, 1e6]]
     assert out == [False, False, True]
     assert len(array_files(manager)) == 1
@@ -74,7 +74,7 @@ def test_memmap_spec_already_backed_arrays_travel_by_reference(
 def test_memmap_containers_and_keywords(executor: ProcessPoolExecutor, manager: TempFolderManager) -> None:
     big = np.ones(20_000)
     small = np.ones(10)
-    reducers = make_reducers(manager, max_nbytes="100k")
+    reducers = make_reducers(manager, max_nbytes=100 * 1024)
     args, kwargs = remote(
         executor, reducers, h.describe_call, [big, (small, {"k": big})], {"x": (big,)}, kw=big, other=small
     )
@@ -88,12 +88,12 @@ def test_memmap_same_array_written_once_per_call(
 ) -> None:
     a = np.arange(50_000.0)
     b = np.arange(50_000.0) + 1
-    reducers = make_reducers(manager, max_nbytes="10k")
+    reducers = make_reducers(manager, max_nbytes=10 * 1024)
     sums = [remote(executor, reducers, h.info, x)[2] for x in [a, a, b, a, b]]
     assert sums == [a.sum(), a.sum(), b.sum(), a.sum(), b.sum()]
     assert len(array_files(manager)) == 2
     # A new call (new reducers) writes again: once per call, not once per manager lifetime.
-    reducers2 = make_reducers(manager, max_nbytes="10k")
+    reducers2 = make_reducers(manager, max_nbytes=10 * 1024)
     remote(executor, reducers2, h.info, a)
     assert len(array_files(manager)) == 3
 
@@ -150,7 +150,7 @@ def test_memmap_strided_and_fortran_views(
 def test_memmap_results_come_back_whatever_their_size(
     executor: ProcessPoolExecutor, manager: TempFolderManager
 ) -> None:
-    reducers = make_reducers(manager, max_nbytes="1k")
+    reducers = make_reducers(manager, max_nbytes=1024)
     a = np.arange(100_000.0)
     back = remote(executor, reducers, h.identity, a)  # a memmap in the worker
     assert type(back) is np.ndarray and back.flags.writeable and np.array_equal(back, a)

@@ -8,6 +8,7 @@ merges the stack over the documented defaults.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,37 +153,45 @@ def check_progress_value(progress: Any) -> Any:
     )
 
 
+_NBYTES_ACCEPTED = (
+    "a number of bytes >= 0 (an int, or a float such as 1e6), a string of a number with an "
+    "optional unit K, M, G or T (powers of 1024, case-insensitive, optional trailing B), such "
+    "as '500k', '1M', '2G' or '1e6', or None to disable memmapping"
+)
+
+
 def parse_nbytes(max_nbytes: Any, name: str = "max_nbytes") -> int | None:
-    """``max_nbytes`` as a number of bytes: an int, a float, or a string such as
-    ``'1M'``, ``'500k'``, ``'2G'`` (powers of 1024); None disables memmapping."""
+    """``max_nbytes`` as a number of bytes, the one rule of par for sizes.
+
+    Accepts an int or a finite float (``1e6``), a string of a number with an optional unit
+    ``K``/``M``/``G``/``T`` (powers of 1024, case-insensitive, optional trailing ``B``):
+    ``'1M'``, ``'500k'``, ``'2G'``, ``'1e6'``; None disables memmapping. ``Parallel`` and
+    ``parallel_config`` parse their ``max_nbytes`` with it once, when they are created,
+    and hand the number of bytes on (``par_memmap.make_reducers`` takes bytes only).
+    Raises ``TypeError`` or ``ValueError`` naming ``name`` and the accepted values."""
     if max_nbytes is None:
         return None
-    if isinstance(max_nbytes, bool):
-        raise TypeError(f"{name} must be an int, a string like '1M', or None; got {max_nbytes!r}")
-    if isinstance(max_nbytes, (int, float)):
-        if max_nbytes < 0:
-            raise ValueError(f"{name} must be >= 0, got {max_nbytes!r}")
-        return int(max_nbytes)
+    if isinstance(max_nbytes, bool) or not isinstance(max_nbytes, (int, float, str)):
+        raise TypeError(
+            f"{name} must be {_NBYTES_ACCEPTED}; got {type(max_nbytes).__name__} {max_nbytes!r}"
+        )
+    value: float
+    factor = 1
     if isinstance(max_nbytes, str):
-        text = max_nbytes.strip().upper().removesuffix("B")
+        text = max_nbytes.strip().upper().removesuffix("B").rstrip()
         units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-        factor = 1
         if text and text[-1] in units:
             factor = units[text[-1]]
-            text = text[:-1]
+            text = text[:-1].rstrip()
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(
-                f"{name}={max_nbytes!r} is not a size: use bytes as an int, or a string such as "
-                f"'500k', '1M' or '2G', or None to disable memmapping."
-            ) from None
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {max_nbytes!r}")
-        return int(value * factor)
-    raise TypeError(
-        f"{name} must be an int, a string like '1M', or None; got {type(max_nbytes).__name__} {max_nbytes!r}"
-    )
+            raise ValueError(f"{name}={max_nbytes!r} is not a size: use {_NBYTES_ACCEPTED}") from None
+    else:
+        value = max_nbytes
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite size >= 0; got {max_nbytes!r} (accepted: {_NBYTES_ACCEPTED})")
+    return int(value * factor)
 
 
 def _check_inner_max_num_threads(value: Any) -> int | None:

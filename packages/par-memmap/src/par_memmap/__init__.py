@@ -15,7 +15,7 @@ Depends on numpy only.
 
 from .__about__ import __version__
 from ._dumpload import MAGIC, dump, load
-from ._params import MMAP_MODES, parse_nbytes, validate_mmap_mode
+from ._params import MMAP_MODES, check_nbytes, validate_mmap_mode
 from ._reducers import has_shareable_memory, make_reducers, make_result_reducers, rebuild_memmap
 from ._tempfolder import ENV_VARS, FOLDER_PREFIX, TempFolderManager, cleanup_stale_folders, default_roots
 
@@ -33,7 +33,7 @@ __all__ = [
     "load",
     "make_reducers",
     "make_result_reducers",
-    "parse_nbytes",
+    "check_nbytes",
     "rebuild_memmap",
     "validate_mmap_mode",
 ]

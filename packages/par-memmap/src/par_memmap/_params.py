@@ -1,51 +1,33 @@
-"""Validation of the memmapping parameters: ``max_nbytes`` and ``mmap_mode``."""
+"""Validation of the memmapping parameters: ``max_nbytes`` (bytes) and ``mmap_mode``."""
 
 from __future__ import annotations
 
-import math
-import re
-
-__all__ = ["MMAP_MODES", "parse_nbytes", "validate_mmap_mode"]
+__all__ = ["MMAP_MODES", "check_nbytes", "validate_mmap_mode"]
 
 #: The accepted values of ``mmap_mode`` (None disables memmapping).
 MMAP_MODES: tuple[str | None, ...] = (None, "r+", "r", "w+", "c")
 
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)\s*B?\s*$", re.IGNORECASE)
-_ACCEPTED = "an int number of bytes, a string such as '500k', '1M' or '2G' (powers of 1024), or None"
+def check_nbytes(value: int | None, name: str = "max_nbytes") -> int | None:
+    """Return ``value``, a number of bytes (an int >= 0), or None.
 
-
-def parse_nbytes(value: int | float | str | None, name: str = "max_nbytes") -> int | None:
-    """Return ``value`` as a number of bytes, or None.
-
-    Accepts a non-negative int (or a finite float such as ``1e6``), a string made of a
-    number and an optional unit ``k``/``M``/``G``/``T`` (powers of 1024, case-insensitive,
-    an optional trailing ``B``), or None (memmapping of large arrays disabled).
+    par_memmap takes sizes already parsed: the rule for sizes written as strings
+    (``'1M'``, ``'1e6'``) has one owner, ``par_api.parse_nbytes``, which ``Parallel`` and
+    ``parallel_config`` apply when they are created.
 
     Raises:
-        TypeError: ``value`` is of another type (bools included); the message names ``name``.
-        ValueError: ``value`` is negative, not finite or not a size; the message names ``name``
-            and the accepted values.
+        TypeError: ``value`` is not an int (bools included) nor None; the message names ``name``.
+        ValueError: ``value`` is negative.
     """
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be {_ACCEPTED}; got the bool {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0; got {value!r} (accepted: {_ACCEPTED})")
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite size >= 0; got {value!r} (accepted: {_ACCEPTED})")
-        return int(value)
-    if isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if match is None:
-            raise ValueError(f"{name}={value!r} is not a size: use {_ACCEPTED}")
-        number, unit = match.groups()
-        return int(float(number) * _UNITS[unit.upper()])
-    raise TypeError(f"{name} must be {_ACCEPTED}; got {type(value).__name__} {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be a number of bytes (an int >= 0) or None; got {type(value).__name__} "
+            f"{value!r} (sizes such as '1M' are parsed by par_api.parse_nbytes, as Parallel does)"
+        )
+    if value < 0:
+        raise ValueError(f"{name} must be a number of bytes >= 0 or None; got {value!r}")
+    return value
 
 
 def validate_mmap_mode(mmap_mode: str | None, name: str = "mmap_mode") -> str | None:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from ._arrayio import byte_extent, data_pointer, file_exists, is_mmap_root, open_memmap
-from ._params import parse_nbytes, validate_mmap_mode
+from ._params import check_nbytes, validate_mmap_mode
 from ._tempfolder import TempFolderManager
 
 __all__ = ["has_shareable_memory", "make_reducers", "make_result_reducers", "rebuild_memmap"]
@@ -180,7 +180,7 @@ class _ArrayReducer:
 
 def make_reducers(
     manager: TempFolderManager,
-    max_nbytes: int | float | str | None = "1M",
+    max_nbytes: int | None = 1024**2,
     mmap_mode: str | None = "r",
     *,
     protocol: int = pickle.HIGHEST_PROTOCOL,
@@ -194,7 +194,8 @@ def make_reducers(
 
     Args:
         manager: where the large arrays are written.
-        max_nbytes: arrays with more bytes than this are memmapped (see :func:`parse_nbytes`);
+        max_nbytes: arrays with more bytes than this are memmapped, an int number of bytes
+            (:func:`check_nbytes`; parse strings such as '1M' with ``par_api.parse_nbytes``);
             None disables that (file-backed arrays still travel by reference).
         mmap_mode: the mode workers open the written arrays with: 'r' (default), 'r+',
             'w+' (opened 'r+'), 'c'; None disables memmapping altogether (every array is copied).
@@ -212,7 +213,7 @@ def make_reducers(
     """
     if not isinstance(manager, TempFolderManager):
         raise TypeError(f"manager must be a par_memmap.TempFolderManager; got {type(manager).__name__}")
-    nbytes, mode = parse_nbytes(max_nbytes), validate_mmap_mode(mmap_mode)
+    nbytes, mode = check_nbytes(max_nbytes), validate_mmap_mode(mmap_mode)
     np = sys.modules.get("numpy")
     if np is None:
         return {}

@@ -89,7 +89,7 @@ class Parallel:
         self.batch_size = par_scheduler.check_batch_size(batch_size)
         self.temp_folder = check_temp_folder(_pick(temp_folder, "temp_folder", cfg))
         self.max_nbytes = _pick(max_nbytes, "max_nbytes", cfg)
-        parse_nbytes(self.max_nbytes)
+        self._max_nbytes = parse_nbytes(self.max_nbytes)  # the one rule; memmap gets bytes
         self.mmap_mode = check_mmap_mode(_pick(mmap_mode, "mmap_mode", cfg))
         self.prefer, self.require = check_prefer_require(
             _pick(prefer, "prefer", cfg), _pick(require, "require", cfg)
@@ -166,7 +166,7 @@ class Parallel:
         if backend.supports_transport_hooks:
             if self._temp is None:
                 self._temp = par_memmap.TempFolderManager(self.temp_folder, verbose=self.verbose)
-            reducers = par_memmap.make_reducers(self._temp, self.max_nbytes, self.mmap_mode)
+            reducers = par_memmap.make_reducers(self._temp, self._max_nbytes, self.mmap_mode)
             self._serializer = par_serialization.BatchSerializer(
                 reducers, result_reducers=par_memmap.make_result_reducers()
             )
