@@ -307,3 +307,13 @@ def test_memmap_default_roots(env: dict[str, Path], monkeypatch: pytest.MonkeyPa
     roots = par_memmap.default_roots([env["arg"]])
     assert roots[:2] == [str(env["arg"]), str(env["par"])]
     assert str(env["tmp"]) in roots and os.path.abspath(tempfile.gettempdir()) in roots
+
+
+def test_write_bytes_lives_and_dies_with_the_arrays(tmp_path):
+    m = TempFolderManager(tmp_path)
+    path = m.write_bytes(b"payload" * 1000, prefix="blob_")
+    assert os.path.basename(path).startswith("blob_") and os.path.dirname(path) == m.folder
+    with open(path, "rb") as f:
+        assert f.read() == b"payload" * 1000
+    m.cleanup()
+    assert not os.path.exists(path)

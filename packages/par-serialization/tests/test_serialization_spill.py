@@ -146,5 +146,28 @@ def test_spill_folders_of_dead_processes_are_swept(tmp_path: Any) -> None:
     alive.mkdir()
     unrelated = tmp_path / "something-else"
     unrelated.mkdir()
-    assert _spill.sweep_orphans(str(tmp_path)) == [str(orphan)]
+    assert _spill.sweep_orphans(str(tmp_path), _spill.SPILL_DIR_PREFIX) == [str(orphan)]
     assert not orphan.exists() and alive.exists() and unrelated.exists()
+
+
+def test_blob_and_exchange_folders_of_a_dead_process_are_swept(tmp_path):
+    """The folders of a process killed before it removed them: gone at the next sweep;
+    those of live processes and other names stay."""
+    import subprocess
+    import sys
+
+    from par_serialization import _orphans
+    from par_serialization._blobs import BLOB_DIR_PREFIX
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    orphan_blobs = tmp_path / f"{BLOB_DIR_PREFIX}{dead_pid}-abc"
+    orphan_xchg = tmp_path / f"{_spill.SPILL_DIR_PREFIX}{dead_pid}-abc"
+    mine = tmp_path / f"{BLOB_DIR_PREFIX}{os.getpid()}-abc"
+    other = tmp_path / "par-blobs-notapid"
+    for folder in (orphan_blobs, orphan_xchg, mine, other):
+        folder.mkdir()
+        (folder / "f.pkl").write_bytes(b"x")
+    assert _orphans.sweep_orphans(str(tmp_path), BLOB_DIR_PREFIX) == [str(orphan_blobs)]
+    assert _orphans.sweep_orphans(str(tmp_path), _spill.SPILL_DIR_PREFIX) == [str(orphan_xchg)]
+    assert mine.exists() and other.exists()

@@ -7,6 +7,7 @@ __all__ = ["MMAP_MODES", "check_nbytes", "validate_mmap_mode"]
 #: The accepted values of ``mmap_mode`` (None disables memmapping).
 MMAP_MODES: tuple[str | None, ...] = (None, "r+", "r", "w+", "c")
 
+
 def check_nbytes(value: int | None, name: str = "max_nbytes") -> int | None:
     """Return ``value``, a number of bytes (an int >= 0), or None.
 

@@ -398,49 +398,64 @@ class TempFolderManager:
         """
         if array.dtype.hasobject:
             raise ValueError("arrays of object dtype cannot be memmapped; pickle them instead")
-        nbytes = int(array.nbytes)
+        return self._write(
+            int(array.nbytes), "array_", ".mmap", lambda f: write_array_data(f, array), "array"
+        )
+
+    def write_bytes(self, data: bytes, prefix: str = "blob_") -> str:
+        """Write ``data`` to a new file of this manager (chosen and removed like the arrays'
+        files, swept after a SIGKILL like them) and return its path; for other large
+        payloads of a call that workers read, e.g. a big pickled callable."""
+        path, _ = self._write(len(data), prefix, ".bin", lambda f: f.write(data), "payload")
+        return path
+
+    def _write(
+        self, nbytes: int, prefix: str, suffix: str, writer: Callable[[Any], Any], what: str
+    ) -> tuple[str, Any]:
+        """Create a file in the chosen folder and let ``writer`` fill it; an ENOSPC in
+        ``/dev/shm`` (automatic choice) retries in the system temp folder."""
         with self._lock:
             root, reason, may_fall_back = self._choose_root(nbytes)
             folder = self._subfolder(root, reason)
         try:
-            return self._write_in(folder, array)
+            return self._write_in(folder, prefix, suffix, writer)
         except OSError as exc:
             if exc.errno not in _NO_SPACE:
                 raise
             if not may_fall_back:
                 raise OSError(
                     exc.errno,
-                    f"no room to write a {_human(nbytes)} array for the workers in {folder} "
+                    f"no room to write a {_human(nbytes)} {what} for the workers in {folder} "
                     f"({reason}); free some space or choose another temp_folder",
                 ) from exc
         with self._lock:
             disk_root, disk_reason = _system_temp_root()
             folder = self._subfolder(disk_root, f"{disk_reason} ({root} ran out of space)")
         try:
-            return self._write_in(folder, array)
+            return self._write_in(folder, prefix, suffix, writer)
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise OSError(
                     exc.errno,
-                    f"no room to write a {_human(nbytes)} array for the workers in {root} nor in {folder}; "
+                    f"no room to write a {_human(nbytes)} {what} for the workers in {root} nor in {folder}; "
                     "free some space or choose another temp_folder",
                 ) from exc
             raise
 
     @staticmethod
-    def _write_in(folder: str, array: np.ndarray) -> tuple[str, str]:
-        fd, path = tempfile.mkstemp(prefix="array_", suffix=".mmap", dir=folder)
+    def _write_in(folder: str, prefix: str, suffix: str, writer: Callable[[Any], Any]) -> tuple[str, Any]:
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
         os.close(fd)
         try:
             with open(path, "wb") as f:
-                order = write_array_data(f, array)
+                out = writer(f)
         except BaseException:
             try:
                 os.unlink(path)
             except OSError:
                 pass
             raise
-        return path, order
+        return path, out
 
     # -- lifetime -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from itertools import repeat
 from typing import Any
 
-from . import _buffers, _spill
+from . import _buffers, _orphans, _spill
 from ._blobs import DEFAULT_BLOB_THRESHOLD, BlobStore, TempBlobStore
 from ._errors import ResultPicklingError, TaskPicklingError, UnpicklableExceptionError
 from ._lookup import describe_callable, type_name
@@ -199,6 +199,7 @@ class BatchSerializer:
             )
         if not isinstance(blob_threshold, int) or isinstance(blob_threshold, bool) or blob_threshold < 0:
             raise ValueError(f"blob_threshold must be an int >= 0 (bytes), got {blob_threshold!r}.")
+        _orphans.sweep_once()  # what killed processes left (exchange and blob folders)
         self._own_store = TempBlobStore() if blob_store is None else None
         self._blob_store: Any = blob_store if blob_store is not None else self._own_store
         self._reducers = _validate_reducers(reducers, "reducers")

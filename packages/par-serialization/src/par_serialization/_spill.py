@@ -27,6 +27,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from ._orphans import sweep_orphans
+
 #: Prefix of the exchange folders (``<shm>/par-xchg-<pid>-<random>``).
 SPILL_DIR_PREFIX = "par-xchg-"
 #: Messages of at least this many bytes are spilled (1 MiB).
@@ -47,36 +49,6 @@ def shm_base() -> str | None:
     if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK):
         return SHM_DIR
     return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def sweep_orphans(base: str) -> list[str]:
-    """Remove the exchange folders under ``base`` whose owner process is gone (a parent
-    killed mid-call); returns their paths. Run once per process, at the first folder."""
-    removed: list[str] = []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return removed
-    for name in names:
-        if not name.startswith(SPILL_DIR_PREFIX):
-            continue
-        pid_text = name[len(SPILL_DIR_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-            continue
-        path = os.path.join(base, name)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
 
 
 def _remove_tree(path: str, owner_pid: int) -> None:
@@ -106,7 +78,7 @@ class SpillFolder:
                 with _sweep_lock:
                     if not _swept:
                         _swept = True
-                        sweep_orphans(self._base)
+                        sweep_orphans(self._base, SPILL_DIR_PREFIX)
                 try:
                     path = tempfile.mkdtemp(prefix=f"{SPILL_DIR_PREFIX}{os.getpid()}-", dir=self._base)
                 except OSError:

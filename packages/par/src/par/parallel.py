@@ -48,6 +48,21 @@ def _pick(value: Any, name: str, cfg: Any) -> Any:
     return value
 
 
+class _CallBlobs:
+    """par_serialization's blob store (large callables pickled by value, written once per
+    call) in the call's memmap folder: removed with the call's arrays, and swept like
+    them by a later process when this one is killed."""
+
+    __slots__ = ("_temp",)
+
+    def __init__(self, temp: Any) -> None:
+        self._temp = temp
+
+    def put(self, token: str, data: bytes) -> str:
+        path: str = self._temp.write_bytes(data, prefix="blob_")
+        return path
+
+
 class Parallel:
     """Helper class for readable parallel mapping: ``Parallel(n_jobs=2)(delayed(f)(x) for x in xs)``.
 
@@ -168,7 +183,7 @@ class Parallel:
                 self._temp = par_memmap.TempFolderManager(self.temp_folder, verbose=self.verbose)
             reducers = par_memmap.make_reducers(self._temp, self._max_nbytes, self.mmap_mode)
             self._serializer = par_serialization.BatchSerializer(
-                reducers, result_reducers=par_memmap.make_result_reducers()
+                reducers, result_reducers=par_memmap.make_result_reducers(), blob_store=_CallBlobs(self._temp)
             )
             budget = par_threadlimits.thread_budget(n_jobs, self._inner_max_num_threads)
             hooks = TransportHooks(
