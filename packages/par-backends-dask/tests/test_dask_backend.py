@@ -156,7 +156,7 @@ def test_dask_capability_flags():
         ({"scheduler_address": 8786}, TypeError, "scheduler_address must be"),
         ({"client": "tcp://x:1"}, TypeError, "client must be a distributed.Client"),
         ({"scatter_threshold": "lots"}, ValueError, "scatter_threshold='lots' is not a size"),
-        ({"scatter_threshold": -1}, ValueError, "scatter_threshold must be >= 0"),
+        ({"scatter_threshold": -1}, ValueError, "scatter_threshold must be a finite size >= 0"),
     ],
 )
 def test_dask_bad_arguments(kwargs, error, match):
