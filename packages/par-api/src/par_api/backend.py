@@ -180,6 +180,11 @@ class ParallelBackendBase(ABC):
     def terminate(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release the workers (end of a call, or of a ``with Parallel`` block)."""
 
+    def end_config(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Called once when the ``parallel_config``/``parallel_backend`` block that built this
+        instance from a backend name ends: release what the backend opened for that block
+        (a connection to a cluster, say). Not called for an instance the user passed in."""
+
     def compute_batch_size(self) -> int:
         """Tasks per batch when the scheduler does not size batches itself."""
         return 1

@@ -172,9 +172,7 @@ def parse_nbytes(max_nbytes: Any, name: str = "max_nbytes") -> int | None:
     if max_nbytes is None:
         return None
     if isinstance(max_nbytes, bool) or not isinstance(max_nbytes, (int, float, str)):
-        raise TypeError(
-            f"{name} must be {_NBYTES_ACCEPTED}; got {type(max_nbytes).__name__} {max_nbytes!r}"
-        )
+        raise TypeError(f"{name} must be {_NBYTES_ACCEPTED}; got {type(max_nbytes).__name__} {max_nbytes!r}")
     value: float
     factor = 1
     if isinstance(max_nbytes, str):
@@ -190,7 +188,9 @@ def parse_nbytes(max_nbytes: Any, name: str = "max_nbytes") -> int | None:
     else:
         value = max_nbytes
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite size >= 0; got {max_nbytes!r} (accepted: {_NBYTES_ACCEPTED})")
+        raise ValueError(
+            f"{name} must be a finite size >= 0; got {max_nbytes!r} (accepted: {_NBYTES_ACCEPTED})"
+        )
     return int(value * factor)
 
 
@@ -292,6 +292,8 @@ class parallel_config:
         if backend_obj is not None:
             layer["backend"] = backend_obj
         self.backend = backend_obj
+        # an instance built here from a name is this block's: end_config() at its end
+        self._owned_backend = backend_obj if backend_obj is not None and backend_obj is not backend else None
         self._layer = layer
         self._stack = _stack()
         self._stack.append(layer)
@@ -324,6 +326,9 @@ class parallel_config:
             if stack[i] is self._layer:
                 del stack[i]
                 break
+        owned, self._owned_backend = self._owned_backend, None
+        if owned is not None:
+            owned.end_config()
 
     def __enter__(self) -> parallel_config:
         return self

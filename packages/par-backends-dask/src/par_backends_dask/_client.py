@@ -4,8 +4,10 @@ Order: the ``client=`` given to the backend; the ``scheduler_address=`` given to
 the ``PAR_DASK_SCHEDULER`` environment variable; inside a task running on a dask worker,
 that worker's client; else the current client of the process (``Client.current()``,
 e.g. the last ``Client()`` created). Clients opened here from an address are cached per
-address for the life of the process (opening one costs a round trip and a thread), and
-closed by :func:`close_clients` or at interpreter exit.
+address (opening one costs a round trip and a thread) and closed when the
+``parallel_config`` block that named the address ends (:func:`release_client`), else by
+:func:`close_clients` at interpreter exit: a cluster shut down later finds no client of
+par still trying to reconnect (and logging it).
 """
 
 from __future__ import annotations
@@ -89,6 +91,23 @@ def resolve_client(client: Any, address: str | None, connect_timeout: Any = None
         return distributed.get_client()
     except ValueError:
         raise ValueError(NO_CLIENT_MESSAGE) from None
+
+
+def release_client(address: str | None) -> bool:
+    """Close the client this package opened for ``address`` (default: the
+    ``PAR_DASK_SCHEDULER`` one), if any, and forget it; clients given to par, or the
+    current one, are never closed here. Returns whether one was closed."""
+    if address is None:
+        address = os.environ.get(ENV_SCHEDULER, "").strip() or None
+    with _lock:
+        client = _clients.pop(address, None) if address is not None else None
+    if client is None:
+        return False
+    try:
+        client.close(timeout=5)
+    except Exception:  # pragma: no cover - best effort
+        pass
+    return True
 
 
 def close_clients() -> None:

@@ -49,7 +49,7 @@ from typing import Any
 import distributed
 from par_api import ParallelBackendBase, WorkerDiedError, check_n_jobs, parse_nbytes
 
-from ._client import ENV_SCHEDULER, in_worker_task, resolve_client
+from ._client import ENV_SCHEDULER, in_worker_task, release_client, resolve_client
 from ._pickling import KeepCode
 from ._scatter import DEFAULT_SCATTER_THRESHOLD, CallArguments, run_batch
 
@@ -499,6 +499,13 @@ class DaskBackend(ParallelBackendBase):
         ``client=`` or cached per address is never closed here)."""
         self.abort_everything(ensure_ready=False)
         self._active_client = None
+
+    def end_config(self) -> None:
+        """The ``parallel_config`` block that built this backend ended: close the client
+        opened for its ``scheduler_address=`` (or ``PAR_DASK_SCHEDULER``)."""
+        self.terminate()
+        if self._option("client") is None and not in_worker_task():
+            release_client(self._option("scheduler_address"))
 
     @contextlib.contextmanager
     def retrieval_context(self) -> Iterator[None]:
