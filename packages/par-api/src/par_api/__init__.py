@@ -22,6 +22,7 @@ from .config import (
 )
 from .cpu import cpu_count, cpu_count_report
 from .exceptions import BackendNotAvailableError, RemoteTraceback, WorkerDiedError
+from .policy import ON_ERROR_VALUES, check_on_error, check_retries, check_retry_on
 from .njobs import check_n_jobs, check_prefer, check_prefer_require, check_require, normalize_n_jobs
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -36,6 +37,10 @@ from .registry import (
 from .task import BatchedCalls, Task, TaskTuple, delayed, run_tasks
 
 __all__ = [
+    "ON_ERROR_VALUES",
+    "check_on_error",
+    "check_retries",
+    "check_retry_on",
     "DEFAULTS",
     "ENTRY_POINT_GROUP",
     "ActiveConfig",

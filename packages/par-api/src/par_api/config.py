@@ -17,6 +17,7 @@ from typing import Any
 
 from .backend import ParallelBackendBase
 from .njobs import check_n_jobs, check_prefer_require, normalize_n_jobs
+from .policy import check_on_error, check_retries, check_retry_on
 from .registry import default_backend_name, make_backend
 
 MMAP_MODES = (None, "r+", "r", "w+", "c")
@@ -62,6 +63,9 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "require": None,
         "inner_max_num_threads": None,
         "progress": None,
+        "on_error": "raise",
+        "retries": 0,
+        "retry_on": (),
     }
 )
 
@@ -82,6 +86,9 @@ class ActiveConfig:
     inner_max_num_threads: int | None
     progress: Any
     explicit: frozenset[str]
+    on_error: str = "raise"
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
     nested: bool = False
 
     def is_set(self, name: str) -> bool:
@@ -256,6 +263,9 @@ class parallel_config:
         require: Any = default(None),
         inner_max_num_threads: Any = None,
         progress: Any = default(None),
+        on_error: Any = default("raise"),
+        retries: Any = default(0),
+        retry_on: Any = default(()),
         **backend_params: Any,
     ) -> None:
         layer: dict[str, Any] = {}
@@ -268,6 +278,9 @@ class parallel_config:
             "prefer": prefer,
             "require": require,
             "progress": progress,
+            "on_error": on_error,
+            "retries": retries,
+            "retry_on": retry_on,
         }
         for key, value in given.items():
             if not isinstance(value, _Default):
@@ -284,6 +297,12 @@ class parallel_config:
             check_mmap_mode(layer["mmap_mode"])
         if "progress" in layer:
             check_progress_value(layer["progress"])
+        if "on_error" in layer:
+            layer["on_error"] = check_on_error(layer["on_error"])
+        if "retries" in layer:
+            layer["retries"] = check_retries(layer["retries"])
+        if "retry_on" in layer:
+            layer["retry_on"] = check_retry_on(layer["retry_on"])
         check_prefer_require(layer.get("prefer"), layer.get("require"))
         if inner_max_num_threads is not None:
             layer["inner_max_num_threads"] = _check_inner_max_num_threads(inner_max_num_threads)

@@ -45,6 +45,11 @@ class ProgressEvent:
     exhausted: bool = False
     #: The ``pre_dispatch`` window in batches (0 for ``'all'``).
     pre_dispatch: int = 0
+    #: Tasks that failed so far (with ``on_error`` other than ``'raise'``, or retries).
+    n_failed: int = 0
+    #: Extra runs of tasks so far (``retries``: after an exception in ``retry_on`` or the
+    #: death of their worker).
+    n_retried: int = 0
 
 
 def short_format_time(t: float) -> str:

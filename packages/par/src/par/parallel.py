@@ -25,6 +25,9 @@ from par_api import (
     backend_instance,
     check_inner_max_num_threads_supported,
     check_mmap_mode,
+    check_on_error,
+    check_retries,
+    check_retry_on,
     check_n_jobs,
     check_prefer_require,
     check_temp_folder,
@@ -72,7 +75,13 @@ class Parallel:
     (seconds per task; the built-in ``TimeoutError`` is raised), ``pre_dispatch``,
     ``batch_size``, ``temp_folder``, ``max_nbytes``, ``mmap_mode``, ``prefer``,
     ``require``; par adds ``progress`` (True, a tqdm-like object, or a callable receiving
-    progress events). Extra keyword arguments go to the backend's ``configure`` (e.g.
+    progress events), and a failure policy: ``on_error`` ('raise', the default and
+    joblib's behaviour; 'return': the exception takes the failed task's place;
+    'collect': an ``ExceptionGroup`` of the failures at the end, the results as its
+    ``results`` attribute), ``retries`` (a failed task runs again up to this many more
+    times: after its worker died, or an exception of a type in ``retry_on``) and
+    ``retry_on`` (a tuple of exception classes). With a policy other than 'raise', a
+    batch whose worker process died is run again task by task on fresh workers. Extra keyword arguments go to the backend's ``configure`` (e.g.
     ``initializer=``/``initargs=`` for process backends). Parameters left at their
     default take the value of an enclosing ``parallel_config``.
 
@@ -95,6 +104,9 @@ class Parallel:
         prefer: Literal["processes", "threads"] | None = default(None),
         require: Literal["sharedmem"] | None = default(None),
         progress: bool | TqdmLike | type[TqdmLike] | Callable[[ProgressEvent], object] | None = default(None),
+        on_error: Literal["raise", "return", "collect"] = default("raise"),
+        retries: int = default(0),
+        retry_on: tuple[type[BaseException], ...] = default(()),
         **backend_kwargs: Any,
     ) -> None:
         cfg = get_active_config()
@@ -109,6 +121,9 @@ class Parallel:
         self.prefer, self.require = check_prefer_require(
             _pick(prefer, "prefer", cfg), _pick(require, "require", cfg)
         )
+        self.on_error = check_on_error(_pick(on_error, "on_error", cfg))
+        self.retries = check_retries(_pick(retries, "retries", cfg))
+        self.retry_on = check_retry_on(_pick(retry_on, "retry_on", cfg))
         self.progress = _pick(progress, "progress", cfg)
         check_progress(self.progress)
         self._backend_kwargs = backend_kwargs
@@ -279,6 +294,9 @@ class Parallel:
             listeners=listeners,
             ensure_ready=self._managed,
             on_finish=on_finish,
+            on_error=self.on_error,
+            retries=self.retries,
+            retry_on=self.retry_on,
         )
 
     def __repr__(self) -> str:
