@@ -52,9 +52,11 @@ def no_leftover(probe):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
 def test_on_error_return_puts_the_exception_in_place(backend, return_as, no_leftover):
-    out = list(Parallel(n_jobs=2, backend=backend, on_error="return", return_as=return_as)(
-        delayed(_bad)(i) for i in range(20)
-    ))
+    out = list(
+        Parallel(n_jobs=2, backend=backend, on_error="return", return_as=return_as)(
+            delayed(_bad)(i) for i in range(20)
+        )
+    )
     assert len(out) == 20
     if return_as == "generator_unordered":
         errors = [r for r in out if isinstance(r, ValueError)]
@@ -79,7 +81,9 @@ def test_on_error_collect_raises_a_group_with_the_results(backend, no_leftover):
     assert [str(e) for e in sorted(group.exceptions, key=str)] == sorted(f"bad {i}" for i in (3, 8, 13, 18))
     assert all("par: task" in _note(e)[0] for e in group.exceptions)
     assert len(group.results) == 20
-    assert [r for i, r in enumerate(group.results) if i % 5 != 3] == [_expected(i) for i in range(20) if i % 5 != 3]
+    assert [r for i, r in enumerate(group.results) if i % 5 != 3] == [
+        _expected(i) for i in range(20) if i % 5 != 3
+    ]
     assert "4 of 20 tasks failed" in str(group)
 
 
@@ -98,9 +102,9 @@ def test_on_error_collect_generator_yields_successes_then_raises(backend, no_lef
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_collect_without_failure_returns_the_list(backend, no_leftover):
-    assert Parallel(n_jobs=2, backend=backend, on_error="collect")(delayed(_expected)(i) for i in range(9)) == [
-        _expected(i) for i in range(9)
-    ]
+    assert Parallel(n_jobs=2, backend=backend, on_error="collect")(
+        delayed(_expected)(i) for i in range(9)
+    ) == [_expected(i) for i in range(9)]
 
 
 def _flaky(i, folder, fails):
@@ -119,9 +123,14 @@ def _flaky(i, folder, fails):
 @pytest.mark.parametrize("on_error", ["raise", "return"])
 def test_retries_on_listed_exceptions(backend, on_error, tmp_path, no_leftover):
     events: list[ProgressEvent] = []
-    out = Parallel(n_jobs=2, backend=backend, on_error=on_error, retries=2, retry_on=(ConnectionError,), progress=events.append)(
-        delayed(_flaky)(i, str(tmp_path), 2 if i == 4 else 0) for i in range(8)
-    )
+    out = Parallel(
+        n_jobs=2,
+        backend=backend,
+        on_error=on_error,
+        retries=2,
+        retry_on=(ConnectionError,),
+        progress=events.append,
+    )(delayed(_flaky)(i, str(tmp_path), 2 if i == 4 else 0) for i in range(8))
     assert out == list(range(8))
     assert events[-1].n_retried == 2 and events[-1].n_failed == 0
 
@@ -133,7 +142,9 @@ def test_retries_spent_then_the_policy_applies(backend, tmp_path, no_leftover):
             delayed(_flaky)(i, str(tmp_path), 5 if i == 4 else 0) for i in range(8)
         )
     out = Parallel(n_jobs=2, backend=backend, on_error="return", retries=2, retry_on=ConnectionError)(
-        delayed(_flaky)(i, str(tmp_path / "x"), 5 if i == 1 else 0) for i in range(4) if (tmp_path / "x").mkdir(exist_ok=True) or True
+        delayed(_flaky)(i, str(tmp_path / "x"), 5 if i == 1 else 0)
+        for i in range(4)
+        if (tmp_path / "x").mkdir(exist_ok=True) or True
     )
     assert isinstance(out[1], ConnectionError) and out[0] == 0 and out[2:] == [2, 3]
 
@@ -173,7 +184,9 @@ def test_crash_isolation_only_the_killer_fails(backend, batch_size, no_leftover)
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)
 def test_crash_collect_and_retry_on_a_fresh_worker(backend, tmp_path, no_leftover):
     with pytest.raises(ExceptionGroup) as info:
-        Parallel(n_jobs=2, backend=backend, on_error="collect", batch_size=3)(delayed(_die_at)(i, 4, None) for i in range(12))
+        Parallel(n_jobs=2, backend=backend, on_error="collect", batch_size=3)(
+            delayed(_die_at)(i, 4, None) for i in range(12)
+        )
     (exc,) = info.value.exceptions
     assert isinstance(exc, WorkerDiedError) and "task 4 " in str(exc)
     # dies once, then succeeds on a fresh worker thanks to retries=1

@@ -105,7 +105,14 @@ class BatchSource:
     ``total`` is the number of tasks once known (``len()`` or the end was reached)."""
 
     def __init__(
-        self, iterable: Iterable[TaskTuple], sizer: Any, *, n_jobs: int, window: int | None, plan: bool, peek: bool
+        self,
+        iterable: Iterable[TaskTuple],
+        sizer: Any,
+        *,
+        n_jobs: int,
+        window: int | None,
+        plan: bool,
+        peek: bool,
     ) -> None:
         self._sizer = sizer
         self._adaptive = bool(sizer.adaptive) and n_jobs > 1
@@ -450,7 +457,9 @@ class _Call:
             self._report_durations()
         if self._rerun:
             self._dispatch_reruns()
-        if self._state not in _DISPATCHING or not (self._ready or self._has_room_locked()):  # rechecked under the lock
+        if self._state not in _DISPATCHING or not (
+            self._ready or self._has_room_locked()
+        ):  # rechecked under the lock
             return
         if not gc.isenabled():  # disabled by the user
             self._dispatch_batches()
@@ -470,7 +479,9 @@ class _Call:
         on_done = self._on_done
         try:
             while True:
-                while not self._source_empty and self._has_room_locked():  # a stale read errs on the safe side
+                while (
+                    not self._source_empty and self._has_room_locked()
+                ):  # a stale read errs on the safe side
                     batch = source.next_batch()  # the user's iterable: outside the lock
                     if batch is None:
                         self._source_empty = True
@@ -557,7 +568,6 @@ class _Call:
         else:
             self._cond.notify()  # results to hand over, or room to dispatch into
 
-
     def _on_guarded_done(self, seq: int, size: int, t_submit: float, batch: BatchedCalls, out: Any) -> None:
         """The completion callback of batch ``seq`` under a failure policy: the tasks'
         failures come back as envelopes (opened here); a batch that failed as a whole
@@ -603,11 +613,16 @@ class _Call:
                 self.failures.extend(failed)
         self._record_locked(seq, size, t_submit, now, results)
 
-    def _lone_failed_locked(self, seq: int, pos: int, piece: BatchedCalls, attempts: int, error: BaseException) -> None:
+    def _lone_failed_locked(
+        self, seq: int, pos: int, piece: BatchedCalls, attempts: int, error: BaseException
+    ) -> None:
         """A task run alone failed as a whole: run it again on a fresh worker while its
         retries last, else its exception (e.g. ``WorkerDiedError``) takes its place."""
         assert self._policy is not None
-        if self._policy.innocent(error, piece.index) and self._innocent.get((seq, pos), 0) < MAX_INNOCENT_RERUNS:
+        if (
+            self._policy.innocent(error, piece.index)
+            and self._innocent.get((seq, pos), 0) < MAX_INNOCENT_RERUNS
+        ):
             # Its worker pool broke because *another* task killed a worker (loky fails
             # every pending future then): run it again, without spending its retries.
             self._innocent[(seq, pos)] = self._innocent.get((seq, pos), 0) + 1
@@ -798,6 +813,8 @@ class _Call:
                 listener(event)
             except Exception as exc:
                 self._fail_locked(exc)
+
+
 def _generate(call: _Call, collect: bool = False) -> Iterator[Any]:
     owner = threading.get_ident()
     n_tasks = 0

@@ -75,7 +75,9 @@ class Guard:
 
     __slots__ = ("func", "retries", "retry_on")
 
-    def __init__(self, func: Callable[..., Any], retries: int, retry_on: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self, func: Callable[..., Any], retries: int, retry_on: tuple[type[BaseException], ...]
+    ) -> None:
         self.func = func
         self.retries = retries
         self.retry_on = retry_on
@@ -155,7 +157,11 @@ class Policy:
         another task than task ``index``: loky fails every pending batch when one worker
         dies, each error naming the dead worker's task."""
         task = getattr(error, "task", None)
-        return isinstance(error, WorkerDiedError) and isinstance(task, str) and not task.startswith(f"task {index} ")
+        return (
+            isinstance(error, WorkerDiedError)
+            and isinstance(task, str)
+            and not task.startswith(f"task {index} ")
+        )
 
     def unpack(self, results: list[Any], first_index: int) -> tuple[list[Any], list[BaseException], int]:
         """A batch's results with the envelopes opened: ``(results, failures, n_retried)``;
