@@ -307,8 +307,7 @@ class _Call:
     ) -> None:
         self._backend = backend
         self._policy = policy if policy is not None and policy.active else None
-        if self._policy is not None:
-            iterable = self._policy.wrap(iterable)
+
         self._n_jobs = n_jobs
         self._sizer = make_sizer(batch_size, backend, n_jobs)
         if n_jobs == 1 and window is not None:
@@ -510,6 +509,7 @@ class _Call:
                 if self._policy is None:
                     submit(batch, callback=partial(on_done, seq, size, _now()))
                 else:  # the batch is kept until it completes: it may have to run again
+                    batch = self._policy.guarded(batch)
                     submit(batch, callback=partial(self._on_guarded_done, seq, size, _now(), batch))
                 del batch
         except BaseException as exc:  # the iterable or submit failed (or Ctrl-C)
@@ -592,7 +592,7 @@ class _Call:
                     self._lone_failed_locked(seq, 0, batch, 0, error)
                 else:
                     for pos, task in enumerate(tasks):
-                        piece = BatchedCalls([task], batch.nested, batch.index + pos)
+                        piece = type(batch)([task], batch.nested, batch.index + pos)
                         self._rerun.append((seq, pos, piece, 0))
                 self._cond.notify_all()
                 return

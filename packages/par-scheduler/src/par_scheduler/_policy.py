@@ -21,17 +21,33 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from par_api import RemoteTraceback, TaskTuple, WorkerDiedError, check_on_error, check_retries, check_retry_on
+from par_api import (
+    BatchedCalls,
+    RemoteTraceback,
+    WorkerDiedError,
+    check_on_error,
+    check_retries,
+    check_retry_on,
+)
 
 if sys.version_info >= (3, 11):
     from builtins import ExceptionGroup
 else:  # pragma: no cover - Python 3.10
     from exceptiongroup import ExceptionGroup
 
-__all__ = ["ExceptionGroup", "Guard", "Policy", "Retried", "TaskFailed", "exception_group", "failed_task"]
+__all__ = [
+    "ExceptionGroup",
+    "Guard",
+    "GuardedBatch",
+    "Policy",
+    "Retried",
+    "TaskFailed",
+    "exception_group",
+    "failed_task",
+]
 
 
 def _func_name(func: Any) -> str:
@@ -89,13 +105,26 @@ class Guard:
         return f"Guard({self.func!r})"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.func(*args, **kwargs)
+        except Exception as exc:
+            return self.rerun(args, kwargs, exc)
+
+    def rerun(self, args: Any, kwargs: Any, first: BaseException | None) -> Any:
+        """After the task raised ``first``: run it again while ``retry_on`` and the
+        retries allow, then return its value (:class:`Retried` when it was re-run) or its
+        final exception in a :class:`TaskFailed` envelope."""
         attempt = 0
+        exc = first
         while True:
-            try:
-                value = self.func(*args, **kwargs)
-            except Exception as exc:
+            if exc is not None:
                 if self.retry_on and attempt < self.retries and isinstance(exc, self.retry_on):
                     attempt += 1
+                    exc = None
+                    try:
+                        value = self.func(*args, **kwargs)
+                    except Exception as again:
+                        exc = again
                     continue
                 # The traceback does not survive pickling: keep its text as the cause,
                 # as the backends do for an exception raised by a batch.
@@ -104,6 +133,36 @@ class Guard:
                     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
                 return TaskFailed(exc, _func_name(self.func), attempt)
             return Retried(value, attempt) if attempt else value
+
+
+class GuardedBatch(BatchedCalls):
+    """A batch run under the policy: each task's final exception is returned in a
+    :class:`TaskFailed` envelope in its place (after re-runs for ``retry_on``), so the
+    other tasks of the batch are not lost. ``nested`` carries ``(nested, retries,
+    retry_on)``, so the batch survives every transport as it is (a serializer rebuilds it
+    as ``type(batch)(tasks, nested, index)``); the cost is one ``try`` per task, in the
+    worker, and nothing per task in the parent."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> Any:
+        return (GuardedBatch, (self.tasks, self.nested, self.index))
+
+    def __call__(self) -> list[Any]:
+        inner, retries, retry_on = self.nested  # type: ignore[misc]
+        run = (self._run, (retries, retry_on), {})
+        # A one-task batch applies the nested-backend scope around the loop.
+        return BatchedCalls([run], inner, self.index)()[0]  # type: ignore[no-any-return]
+
+    def _run(self, retries: int, retry_on: tuple[type[BaseException], ...]) -> list[Any]:
+        out: list[Any] = []
+        append = out.append
+        for func, args, kwargs in self.tasks:
+            try:
+                append(func(*args, **kwargs))
+            except Exception:
+                append(Guard(func, retries, retry_on).rerun(args, kwargs, sys.exc_info()[1]))
+        return out
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -142,9 +201,9 @@ class Policy:
         self._guards[key] = (func, guard)  # keeps func alive, so its id is not reused
         return guard
 
-    def wrap(self, iterable: Iterable[TaskTuple]) -> Iterable[TaskTuple]:
-        """The tasks of ``iterable`` with guarded functions (keeps ``len()``)."""
-        return _Wrapped(iterable, self)
+    def guarded(self, batch: BatchedCalls) -> GuardedBatch:
+        """``batch`` run under the policy (O(1): the tasks are not copied)."""
+        return GuardedBatch(batch.tasks, (batch.nested, self.retries, self.retry_on), batch.index)
 
     def retry_death(self, attempts: int) -> bool:
         """Whether a lone task whose worker died (or timed out) after ``attempts`` extra
@@ -189,27 +248,6 @@ def failed_task(exc: BaseException, func: Any, attempts: int) -> TaskFailed:
     """The envelope of a task that failed as a whole (its worker died) after ``attempts``
     extra runs; ``func`` is its (guarded) function."""
     return TaskFailed(exc, _func_name(getattr(func, "func", func)), attempts)
-
-
-class _Wrapped:
-    def __init__(self, iterable: Iterable[TaskTuple], policy: Policy) -> None:
-        self._iterable = iterable
-        self._policy = policy
-        try:
-            self._len: int | None = len(iterable)  # type: ignore[arg-type]
-        except Exception:
-            self._len = None
-
-    def __len__(self) -> int:
-        if self._len is None:
-            raise TypeError("no length")
-        return self._len
-
-    def __iter__(self) -> Iterator[TaskTuple]:
-        guard = self._policy.guard
-        for task in self._iterable:
-            func, args, kwargs = task
-            yield (guard(func), args, kwargs)
 
 
 def exception_group(failures: list[BaseException], n_tasks: int, results: Any) -> BaseException:
