@@ -224,3 +224,14 @@ def test_parallel_config_sets_the_policy():
         assert (p.on_error, p.retries, p.retry_on) == ("return", 1, (KeyError,))
         assert isinstance(p(delayed(_bad)(i) for i in range(4))[3], ValueError)
         assert Parallel(on_error="raise").on_error == "raise"
+
+
+@pytest.mark.parametrize("backend", ["sequential", "threading", "loky"])
+def test_progress_and_verbose_count_failures(backend, capsys, no_leftover):
+    events: list[ProgressEvent] = []
+    Parallel(n_jobs=2, backend=backend, on_error="return", verbose=100, progress=events.append)(
+        delayed(_bad)(i) for i in range(20)
+    )
+    assert events[-1].kind == "finished" and events[-1].n_failed == 4 and events[-1].n_retried == 0
+    captured = capsys.readouterr()
+    assert "finished | failed: 4, retried: 0" in captured.out + captured.err
