@@ -150,7 +150,7 @@ class GuardedBatch(BatchedCalls):
 
     def __call__(self) -> list[Any]:
         inner, retries, retry_on = self.nested  # type: ignore[misc]
-        run = (self._run, (retries, retry_on), {})
+        run: Any = (self._run, (retries, retry_on), {})
         # A one-task batch applies the nested-backend scope around the loop.
         return BatchedCalls([run], inner, self.index)()[0]  # type: ignore[no-any-return]
 
@@ -203,7 +203,8 @@ class Policy:
 
     def guarded(self, batch: BatchedCalls) -> GuardedBatch:
         """``batch`` run under the policy (O(1): the tasks are not copied)."""
-        return GuardedBatch(batch.tasks, (batch.nested, self.retries, self.retry_on), batch.index)
+        packed: Any = (batch.nested, self.retries, self.retry_on)
+        return GuardedBatch(batch.tasks, packed, batch.index)
 
     def retry_death(self, attempts: int) -> bool:
         """Whether a lone task whose worker died (or timed out) after ``attempts`` extra
