@@ -483,6 +483,55 @@ def w_lambda_tasks(lib: str, p: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def crash_at(i: int, at: int) -> int:
+    """A trivial task; task ``at`` ends its worker process with ``os._exit(1)``."""
+    if i == at:
+        os._exit(1)
+    return i
+
+
+def w_crash(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``n`` trivial tasks, task ``n // 2`` kills its worker (auto batching). par with
+    ``on_error='return'`` keeps the other results (the crashed batch runs again task by
+    task); joblib can only abort: ``results`` is 0 for it."""
+    n, at, out = p["n"], p["n"] // 2, {}
+    m = api(lib)
+    warm_up(m)
+    kwargs = {"on_error": "return"} if lib == "par" else {}
+    with timer(out, "time_s"):
+        try:
+            res = m.Parallel(n_jobs=N_JOBS, **kwargs)(m.delayed(crash_at)(i, at) for i in range(n))
+        except Exception:
+            res = []
+    if lib == "par":
+        assert len(res) == n and isinstance(res[at], Exception) and f"task {at} " in str(res[at]), res[at]
+        assert [r for i, r in enumerate(res) if i != at] == [i for i in range(n) if i != at]
+    out["results"] = float(sum(1 for r in res if not isinstance(r, Exception)))
+    return out
+
+
+def w_policy_cost(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``micro`` with ``on_error='return'`` and no failure, over ``on_error='raise'`` (par);
+    joblib runs its only policy twice (its ratio is its noise)."""
+    n, out = p["n"], {}
+    m = api(lib)
+    warm_up(m)
+    policy = {"on_error": "return"} if lib == "par" else {}
+    raise_s, return_s = [], []
+    for _ in range(p["rounds"]):
+        t0 = time.perf_counter()
+        m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(n))
+        raise_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        res = m.Parallel(n_jobs=N_JOBS, **policy)(m.delayed(noop)(i) for i in range(n))
+        return_s.append(time.perf_counter() - t0)
+        assert len(res) == n and res[-1] == n - 1
+    out["raise_s"] = min(raise_s)
+    out["return_s"] = min(return_s)
+    out["return_over_raise"] = out["return_s"] / out["raise_s"]
+    return out
+
+
 def w_matmul(lib: str, p: dict[str, Any]) -> dict[str, float]:
     """``tasks`` BLAS products of ``size`` by ``size`` matrices with n_jobs=2.
 
@@ -752,6 +801,24 @@ _W: list[Workload] = [
             "default_over_unlimited": Metric("x", chart=False),
         },
         numpy=True,
+    ),
+    Workload(
+        "crash",
+        w_crash,
+        {"n": 1_000},
+        {"n": 200},
+        {"time_s": Metric(S), "results": Metric("", lower_is_better=False)},
+        (Target("results", "par", ">=", 999),),
+        doc="1,000 trivial tasks, task 500 calls os._exit(1): par on_error='return' keeps 999 results",
+    ),
+    Workload(
+        "policy_cost",
+        w_policy_cost,
+        {"n": 100_000, "rounds": 3},
+        {"n": 2_000, "rounds": 1},
+        {"raise_s": Metric(S), "return_s": Metric(S), "return_over_raise": Metric("x", chart=False)},
+        (Target("return_over_raise", "par", "<=", 1.05),),
+        doc="micro with on_error='return' (no failure) over on_error='raise'",
     ),
 ]
 

@@ -26,6 +26,9 @@ pytest.importorskip("par_backends_dask")
 from par import Parallel, delayed, parallel_config  # noqa: E402
 from par_backends_dask import close_clients  # noqa: E402
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import ExceptionGroup
+
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
 
 
@@ -448,3 +451,24 @@ def test_dask_no_thread_left_behind_by_calls(cluster):
         time.sleep(0.01)
     assert [t.name for t in threading.enumerate() if t.name == "par-dask-watch"] == []
     assert threading.active_count() <= before + 1  # dask's callback thread may start once
+
+
+def _fails_on_three(i):
+    if i % 4 == 3:
+        raise ValueError(f"bad {i}")
+    return i
+
+
+def test_dask_on_error_return_and_collect(cluster):
+    """The failure policy on dask: failures in place (with their notes), or grouped."""
+    _, client = cluster
+    with parallel_config(backend="dask", client=client):
+        out = Parallel(n_jobs=2, on_error="return")(delayed(_fails_on_three)(i) for i in range(12))
+        assert [r for i, r in enumerate(out) if i % 4 != 3] == [i for i in range(12) if i % 4 != 3]
+        assert all(isinstance(out[i], ValueError) and f"par: task {i} (" in out[i].__notes__[0] for i in (3, 7, 11))
+        with pytest.raises(ExceptionGroup) as info:
+            Parallel(n_jobs=2, on_error="collect")(delayed(_fails_on_three)(i) for i in range(12))
+    assert sorted(str(e) for e in info.value.exceptions) == ["bad 11", "bad 3", "bad 7"]
+    assert info.value.results[:3] == [0, 1, 2]
+    _wait_no_par_tasks(client)
+    assert not _par_tasks(client)

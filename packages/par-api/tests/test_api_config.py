@@ -79,6 +79,9 @@ def test_defaults_without_any_configuration() -> None:
         "max_tasks_per_child": None,
         "max_worker_memory": None,
         "forward_output": True,
+        "on_error": "raise",
+        "retries": 0,
+        "retry_on": (),
     }
     with pytest.raises(TypeError):
         DEFAULTS["n_jobs"] = 2  # type: ignore[index]
@@ -100,6 +103,9 @@ def test_parallel_config_signature_matches_the_reference() -> None:
     # par adds keyword-only options (progress and the worker options) after the documented ones.
     additions = ("progress", "max_tasks_per_child", "max_worker_memory", "forward_output")
     names = [name for name in params if name not in additions]
+    # par adds keyword-only options (progress, the failure policy) after the documented ones.
+    added = ("progress", "on_error", "retries", "retry_on")
+    names = [name for name in params if name not in added]
     assert names == [name for name, _, _ in spec] + ["backend_params"]
     for name, kind, default_repr in spec:
         assert params[name].kind == kind, name
@@ -107,6 +113,8 @@ def test_parallel_config_signature_matches_the_reference() -> None:
     assert params["backend_params"].kind == inspect.Parameter.VAR_KEYWORD
     for name in additions:
         assert params[name].kind == inspect.Parameter.KEYWORD_ONLY
+    for name in added:
+        assert params[name].kind == inspect.Parameter.KEYWORD_ONLY, name
 
 
 def test_parallel_backend_signature_matches_the_reference() -> None:
@@ -270,11 +278,11 @@ def test_plain_call_in_a_thread_does_not_leak_into_the_main_thread() -> None:
 
 
 def test_backend_by_name_is_built_with_backend_params(local_backends: None) -> None:
-    with parallel_config(backend="local-like", n_jobs=2, endpoint="tcp://x", retries=3) as cfg:
+    with parallel_config(backend="local-like", n_jobs=2, endpoint="tcp://x", max_attempts=3) as cfg:
         backend = get_active_config().backend
         assert isinstance(backend, LocalLike)
         assert backend is cfg.backend
-        assert backend.params == {"endpoint": "tcp://x", "retries": 3}
+        assert backend.params == {"endpoint": "tcp://x", "max_attempts": 3}
         assert active_backend() == (backend, 2)
 
 
@@ -297,14 +305,14 @@ def test_each_entry_of_a_named_backend_builds_a_new_instance(local_backends: Non
 
 def test_backend_params_with_an_instance_are_a_type_error(local_backends: None) -> None:
     with pytest.raises(
-        TypeError, match=r"backend parameters \['retries'\] are only accepted with a backend name"
+        TypeError, match=r"backend parameters \['max_attempts'\] are only accepted with a backend name"
     ):
-        parallel_config(backend=LocalLike(), retries=3)
+        parallel_config(backend=LocalLike(), max_attempts=3)
 
 
 def test_backend_params_without_a_backend_are_a_type_error() -> None:
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['retries'\].*need backend=<name>"):
-        parallel_config(n_jobs=2, retries=3)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['max_attempts'\].*need backend=<name>"):
+        parallel_config(n_jobs=2, max_attempts=3)
 
 
 @pytest.mark.parametrize("bad", [3, object(), ["loky"]])

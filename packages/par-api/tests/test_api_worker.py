@@ -7,7 +7,6 @@ import threading
 
 import pytest
 from par_api import (
-    TransportHooks,
     bind_worker_state,
     check_forward_output,
     check_max_tasks_per_child,

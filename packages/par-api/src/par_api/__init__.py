@@ -23,6 +23,7 @@ from .config import (
 from .cpu import cpu_count, cpu_count_report
 from .exceptions import BackendNotAvailableError, RemoteTraceback, WorkerDiedError
 from .njobs import check_n_jobs, check_prefer, check_prefer_require, check_require, normalize_n_jobs
+from .policy import ON_ERROR_VALUES, check_on_error, check_retries, check_retry_on
 from .registry import (
     ENTRY_POINT_GROUP,
     available_backends,
@@ -43,6 +44,10 @@ from .worker import (
 )
 
 __all__ = [
+    "ON_ERROR_VALUES",
+    "check_on_error",
+    "check_retries",
+    "check_retry_on",
     "DEFAULTS",
     "ENTRY_POINT_GROUP",
     "ActiveConfig",

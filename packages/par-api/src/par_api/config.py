@@ -17,6 +17,7 @@ from typing import Any
 
 from .backend import ParallelBackendBase
 from .njobs import check_n_jobs, check_prefer_require, normalize_n_jobs
+from .policy import check_on_error, check_retries, check_retry_on
 from .registry import default_backend_name, make_backend
 from .worker import check_forward_output, check_max_tasks_per_child, check_max_worker_memory
 
@@ -66,6 +67,9 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "max_tasks_per_child": None,
         "max_worker_memory": None,
         "forward_output": True,
+        "on_error": "raise",
+        "retries": 0,
+        "retry_on": (),
     }
 )
 
@@ -89,6 +93,9 @@ class ActiveConfig:
     max_tasks_per_child: int | None = None
     max_worker_memory: int | str | None = None
     forward_output: bool = True
+    on_error: str = "raise"
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
     nested: bool = False
 
     def is_set(self, name: str) -> bool:
@@ -266,6 +273,9 @@ class parallel_config:
         max_tasks_per_child: Any = default(None),
         max_worker_memory: Any = default(None),
         forward_output: Any = default(True),
+        on_error: Any = default("raise"),
+        retries: Any = default(0),
+        retry_on: Any = default(()),
         **backend_params: Any,
     ) -> None:
         layer: dict[str, Any] = {}
@@ -281,6 +291,9 @@ class parallel_config:
             "max_tasks_per_child": max_tasks_per_child,
             "max_worker_memory": max_worker_memory,
             "forward_output": forward_output,
+            "on_error": on_error,
+            "retries": retries,
+            "retry_on": retry_on,
         }
         for key, value in given.items():
             if not isinstance(value, _Default):
@@ -303,6 +316,12 @@ class parallel_config:
             check_max_worker_memory(layer["max_worker_memory"])
         if "forward_output" in layer:
             check_forward_output(layer["forward_output"])
+        if "on_error" in layer:
+            layer["on_error"] = check_on_error(layer["on_error"])
+        if "retries" in layer:
+            layer["retries"] = check_retries(layer["retries"])
+        if "retry_on" in layer:
+            layer["retry_on"] = check_retry_on(layer["retry_on"])
         check_prefer_require(layer.get("prefer"), layer.get("require"))
         if inner_max_num_threads is not None:
             layer["inner_max_num_threads"] = _check_inner_max_num_threads(inner_max_num_threads)

@@ -63,6 +63,7 @@ from typing import Any
 from par_api import BatchedCalls, ParallelBackendBase, TaskTuple
 
 from ._batching import make_sizer, tail_batch_size
+from ._policy import Policy, exception_group, failed_task
 from ._predispatch import parse_pre_dispatch
 from ._progress import ProgressEvent
 from ._validate import check_batch_size, check_n_jobs_effective, check_return_as, check_timeout
@@ -82,6 +83,10 @@ _NO_CONTEXT = nullcontext()
 #: splitting, and tasks held back across batches would outlive the cyclic garbage
 #: collector's young generations: each full collection then walks them all.
 LOOKAHEAD_TASKS = 10_000
+
+#: A task run alone whose batch failed because another task's worker died is run again
+#: at most this many times before that failure counts as its own.
+MAX_INNOCENT_RERUNS = 5
 
 
 def _retrieval_context(backend: Any) -> Callable[[], Any] | None:
@@ -298,8 +303,11 @@ class _Call:
         ensure_ready: bool,
         on_finish: Callable[[BaseException | None], None] | None,
         peek_allowed: bool = True,
+        policy: Policy | None = None,
     ) -> None:
         self._backend = backend
+        self._policy = policy if policy is not None and policy.active else None
+
         self._n_jobs = n_jobs
         self._sizer = make_sizer(batch_size, backend, n_jobs)
         if n_jobs == 1 and window is not None:
@@ -343,6 +351,15 @@ class _Call:
         self._n_done_batches = 0
         self._n_retrieved = 0
         self._durations: list[tuple[int, float]] = []  # for backend.batch_completed
+        # Failure policy (only with on_error != 'raise' or retries): tasks of a batch that
+        # failed as a whole, to run again one by one: (seq, position, batch, attempts);
+        # the slots of such batches, filled as their tasks complete.
+        self._rerun: deque[tuple[int, int, BatchedCalls, int]] = deque()
+        self._pieces: dict[int, tuple[int, list[Any]]] = {}
+        self._innocent: dict[tuple[int, int], int] = {}
+        self.failures: list[BaseException] = []
+        self._n_failed = 0
+        self._n_retried = 0
         # Dispatcher side (the caller's thread only): batches cut, not yet submitted.
         self._ready: deque[BatchedCalls] = deque()
         self._source_empty = False
@@ -438,6 +455,8 @@ class _Call:
         after it."""
         if self._durations:
             self._report_durations()
+        if self._rerun:
+            self._dispatch_reruns()
         if self._state not in _DISPATCHING or not (
             self._ready or self._has_room_locked()
         ):  # rechecked under the lock
@@ -488,7 +507,11 @@ class _Call:
                     self._in_flight += 1
                     if self._listeners:
                         self._emit_locked("dispatched", size)
-                submit(batch, callback=partial(on_done, seq, size, _now()))
+                if self._policy is None:
+                    submit(batch, callback=partial(on_done, seq, size, _now()))
+                else:  # the batch is kept until it completes: it may have to run again
+                    batch = self._policy.guarded(batch)
+                    submit(batch, callback=partial(self._on_guarded_done, seq, size, _now(), batch))
                 del batch
         except BaseException as exc:  # the iterable or submit failed (or Ctrl-C)
             with self._lock:
@@ -519,28 +542,143 @@ class _Call:
             if error is not None:
                 self._fail_locked(error)
                 return
-            # The batch started when it was submitted or, when all workers were busy,
-            # when a worker became free: about n_jobs completions ago.
-            recent = self._recent_done
-            start = t_submit
-            if len(recent) == recent.maxlen and recent[0] > start:
-                start = recent[0]
-            recent.append(now)
-            duration = now - start
-            self._sizer.record(size, duration)
-            self._durations.append((size, duration))
-            self._n_completed += size
-            self._n_done_batches += 1
-            self._unconsumed += 1
-            self._store.put(seq, results)
-            if self._listeners:
-                self._emit_locked("completed", size)
-            if self._state is S.DRAINED:
-                self._check_complete_locked()
-                if self._wake_per_batch:
-                    self._cond.notify()
-            else:
-                self._cond.notify()  # results to hand over, or room to dispatch into
+            self._record_locked(seq, size, t_submit, now, results)
+
+    def _record_locked(self, seq: int, size: int, t_submit: float, now: float, results: Any) -> None:
+        """Store a completed batch's results, feed the size policy, wake the caller."""
+        # The batch started when it was submitted or, when all workers were busy,
+        # when a worker became free: about n_jobs completions ago.
+        recent = self._recent_done
+        start = t_submit
+        if len(recent) == recent.maxlen and recent[0] > start:
+            start = recent[0]
+        recent.append(now)
+        duration = now - start
+        self._sizer.record(size, duration)
+        self._durations.append((size, duration))
+        self._n_completed += size
+        self._n_done_batches += 1
+        self._unconsumed += 1
+        self._store.put(seq, results)
+        if self._listeners:
+            self._emit_locked("completed", size)
+        if self._state is S.DRAINED:
+            self._check_complete_locked()
+            if self._wake_per_batch:
+                self._cond.notify()
+        else:
+            self._cond.notify()  # results to hand over, or room to dispatch into
+
+    def _on_guarded_done(self, seq: int, size: int, t_submit: float, batch: BatchedCalls, out: Any) -> None:
+        """The completion callback of batch ``seq`` under a failure policy: the tasks'
+        failures come back as envelopes (opened here); a batch that failed as a whole
+        (its worker died) is queued to run again task by task, on fresh workers."""
+        try:
+            results = self._backend.retrieve_result_callback(out)
+            error: BaseException | None = None
+        except BaseException as exc:
+            results, error = None, exc
+        now = _now()
+        with self._lock:
+            if self._state not in _ACCEPTING:
+                return
+            self._in_flight -= 1
+            if error is not None:
+                if not isinstance(error, Exception):  # KeyboardInterrupt and the like
+                    self._fail_locked(error)
+                    return
+                self._pieces[seq] = (batch.index, [_MISSING] * size)
+                tasks = batch.tasks
+                if size == 1:
+                    self._lone_failed_locked(seq, 0, batch, 0, error)
+                else:
+                    for pos, task in enumerate(tasks):
+                        piece = type(batch)([task], batch.nested, batch.index + pos)
+                        self._rerun.append((seq, pos, piece, 0))
+                self._cond.notify_all()
+                return
+            self._complete_guarded_locked(seq, size, t_submit, now, results, batch.index)
+
+    def _complete_guarded_locked(
+        self, seq: int, size: int, t_submit: float, now: float, results: Any, first_index: int
+    ) -> None:
+        assert self._policy is not None
+        results, failed, n_retried = self._policy.unpack(results, first_index)
+        self._n_retried += n_retried
+        if failed:
+            self._n_failed += len(failed)
+            if self._policy.on_error == "raise":
+                self._fail_locked(failed[0])
+                return
+            if self._policy.on_error == "collect":
+                self.failures.extend(failed)
+        self._record_locked(seq, size, t_submit, now, results)
+
+    def _lone_failed_locked(
+        self, seq: int, pos: int, piece: BatchedCalls, attempts: int, error: BaseException
+    ) -> None:
+        """A task run alone failed as a whole: run it again on a fresh worker while its
+        retries last, else its exception (e.g. ``WorkerDiedError``) takes its place."""
+        assert self._policy is not None
+        if (
+            self._policy.innocent(error, piece.index)
+            and self._innocent.get((seq, pos), 0) < MAX_INNOCENT_RERUNS
+        ):
+            # Its worker pool broke because *another* task killed a worker (loky fails
+            # every pending future then): run it again, without spending its retries.
+            self._innocent[(seq, pos)] = self._innocent.get((seq, pos), 0) + 1
+            self._rerun.append((seq, pos, piece, attempts))
+            return
+        if self._policy.retry_death(attempts):
+            self._n_retried += 1
+            self._rerun.append((seq, pos, piece, attempts + 1))
+            return
+        self._fill_piece_locked(seq, pos, failed_task(error, piece.tasks[0][0], 0))
+
+    def _fill_piece_locked(self, seq: int, pos: int, value: Any) -> None:
+        first_index, slots = self._pieces[seq]
+        slots[pos] = value
+        if _MISSING not in slots:
+            del self._pieces[seq]
+            now = _now()
+            self._complete_guarded_locked(seq, len(slots), now, now, slots, first_index)
+
+    def _dispatch_reruns(self) -> None:
+        """Submit the tasks queued to run again alone (the caller's thread)."""
+        submit = self._backend.submit
+        while True:
+            with self._lock:
+                if self._state not in _ACCEPTING or not self._rerun:
+                    return
+                seq, pos, piece, attempts = self._rerun.popleft()
+                self._in_flight += 1
+            try:
+                submit(piece, callback=partial(self._on_piece_done, seq, pos, piece, attempts))
+            except BaseException as exc:
+                with self._lock:
+                    self._fail_locked(exc)
+                return
+
+    def _on_piece_done(self, seq: int, pos: int, piece: BatchedCalls, attempts: int, out: Any) -> None:
+        """The completion callback of one task run alone after its batch failed."""
+        try:
+            results = self._backend.retrieve_result_callback(out)
+            error: BaseException | None = None
+        except BaseException as exc:
+            results, error = None, exc
+        with self._lock:
+            if self._state not in _ACCEPTING:
+                return
+            self._in_flight -= 1
+            if error is not None:
+                if not isinstance(error, Exception):
+                    self._fail_locked(error)
+                    return
+                self._lone_failed_locked(seq, pos, piece, attempts, error)
+                self._cond.notify_all()
+                return
+            self._fill_piece_locked(seq, pos, results[0])
+            self._cond.notify_all()
 
     # -- 4. retrieve ------------------------------------------------------------------
     def next_results(self) -> list[Any] | None:
@@ -668,6 +806,8 @@ class _Call:
             self._n_batches,
             self._state in (S.DRAINED, S.COMPLETE),
             self._window or 0,
+            self._n_failed,
+            self._n_retried,
         )
         for listener in self._listeners:
             try:
@@ -676,8 +816,9 @@ class _Call:
                 self._fail_locked(exc)
 
 
-def _generate(call: _Call) -> Iterator[Any]:
+def _generate(call: _Call, collect: bool = False) -> Iterator[Any]:
     owner = threading.get_ident()
+    n_tasks = 0
     try:
         call.start()
         yield None  # primed by run(): dispatching starts at call time
@@ -685,7 +826,16 @@ def _generate(call: _Call) -> Iterator[Any]:
             results = call.next_results()
             if results is None:
                 break
+            n_tasks += len(results)
+            if collect and call.failures:
+                # on_error='collect': the failures are raised together at the end
+                failed = {id(e) for e in call.failures}
+                results = [r for r in results if id(r) not in failed]
             yield from results
+        if collect and call.failures:
+            group = exception_group(list(call.failures), n_tasks, None)
+            call.finish(None)
+            raise group
     except GeneratorExit as exc:
         # Closed, or garbage-collected, before the end. If that happens in another
         # thread (possibly one of the backend's), clean up from a fresh thread so that
@@ -713,6 +863,9 @@ def run(
     listeners: Sequence[Listener] = (),
     ensure_ready: bool = False,
     on_finish: Callable[[BaseException | None], None] | None = None,
+    on_error: str = "raise",
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
 ) -> list[Any] | Iterator[Any]:
     """Run the tasks of ``iterable`` on ``backend`` and return their results.
 
@@ -734,9 +887,22 @@ def run(
     - ``ensure_ready``: passed to ``backend.abort_everything`` on abort (True when the
       backend must stay usable, as inside ``with Parallel(...)``).
 
-    The first task error is re-raised as is (its type, traceback and ``__cause__``
-    chain); pending batches are cancelled and no further tasks start.
+    - ``on_error``: ``'raise'`` (the default): the first task error is re-raised as is
+      (its type, traceback and ``__cause__`` chain); pending batches are cancelled and
+      no further tasks start. ``'return'``: the exception takes the task's place in the
+      results and the call goes on. ``'collect'``: the call goes on to its end, then
+      raises an ``ExceptionGroup`` of the failures (``exceptiongroup`` on Python 3.10)
+      whose ``results`` attribute is the list of results with the exceptions in the
+      failed tasks' places (None for the generators, which yielded the successes).
+      Every failure carries a note ``par: task <index> (<function>) failed``. With a
+      policy other than ``'raise'``, a batch whose worker died is run again task by task
+      on fresh workers: only a task that kills its worker again fails (its
+      ``WorkerDiedError`` in its place).
+    - ``retries``: a failed task is run again up to this many more times before its
+      failure counts: when its worker died (on a fresh worker), or when it raised an
+      exception of a type in ``retry_on`` (in the same worker).
     """
+    policy = Policy(on_error, retries, retry_on)
     n_jobs = check_n_jobs_effective(n_jobs)
     batch_size = check_batch_size(batch_size)
     return_as = check_return_as(return_as)
@@ -758,9 +924,11 @@ def run(
         listeners=listeners,
         ensure_ready=ensure_ready,
         on_finish=on_finish,
+        policy=policy,
     )
+    collect = policy.on_error == "collect"
     if return_as != "list":
-        gen = _generate(call)
+        gen = _generate(call, collect)
         next(gen)
         return gen
     try:
@@ -770,4 +938,6 @@ def run(
         call.abort_and_finish(exc)
         raise
     call.finish(None)
+    if collect and call.failures:
+        raise exception_group(list(call.failures), len(out), out)
     return out

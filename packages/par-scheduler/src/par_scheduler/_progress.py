@@ -45,6 +45,11 @@ class ProgressEvent:
     exhausted: bool = False
     #: The ``pre_dispatch`` window in batches (0 for ``'all'``).
     pre_dispatch: int = 0
+    #: Tasks that failed so far (with ``on_error`` other than ``'raise'``, or retries).
+    n_failed: int = 0
+    #: Extra runs of tasks so far (``retries``: after an exception in ``retry_on`` or the
+    #: death of their worker).
+    n_retried: int = 0
 
 
 def short_format_time(t: float) -> str:
@@ -118,9 +123,16 @@ class VerbosePrinter:
         width = floor(log10(length)) + 1 if length else 3
         elapsed = short_format_time(event.elapsed)
         done = event.n_completed
+        counts = ""
+        if event.n_failed or event.n_retried:  # the failure policy (on_error, retries)
+            counts = f" | failed: {event.n_failed}, retried: {event.n_retried}"
+
+        def say(msg: str) -> None:
+            self._print(msg + counts)
+
         if kind == "finished":
             if done:
-                self._print(f"Done {done:{width}d} out of {done:{width}d} | elapsed: {elapsed} finished")
+                say(f"Done {done:{width}d} out of {done:{width}d} | elapsed: {elapsed} finished")
             return
         if event.exhausted and done == event.n_dispatched:
             return  # the 'finished' event says it
@@ -128,10 +140,10 @@ class VerbosePrinter:
             if verbosity_filter(event.n_batches, verbose):
                 return
             if length is not None:
-                self._print(f"Done {done:{width}d} out of {length:{width}d} | elapsed: {elapsed}")
+                say(f"Done {done:{width}d} out of {length:{width}d} | elapsed: {elapsed}")
             else:
                 pad = " " * (len("out of ") + width - len("tasks"))
-                self._print(f"Done {done:{width}d} tasks {pad}| elapsed: {elapsed}")
+                say(f"Done {done:{width}d} tasks {pad}| elapsed: {elapsed}")
             return
         total = event.n_dispatched
         if done != 0:
@@ -142,7 +154,7 @@ class VerbosePrinter:
             if done + 1 == total or cursor % frequency:
                 return
         remaining = (event.elapsed / max(done, 1)) * (total - done)
-        self._print(
+        say(
             f"Done {done:{width}d} out of {total:{width}d} | elapsed: {elapsed} "
             f"remaining: {short_format_time(remaining)}"
         )

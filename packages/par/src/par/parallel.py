@@ -29,7 +29,10 @@ from par_api import (
     check_max_worker_memory,
     check_mmap_mode,
     check_n_jobs,
+    check_on_error,
     check_prefer_require,
+    check_retries,
+    check_retry_on,
     check_temp_folder,
     check_verbose,
     default,
@@ -82,7 +85,14 @@ class Parallel:
     progress events), ``max_tasks_per_child`` (replace a process worker after that many
     tasks), ``max_worker_memory`` (bytes or ``'2G'``: replace a process worker whose
     resident memory after a batch exceeds it) and ``forward_output`` (default True:
-    logging records and prints of process workers reach the parent). Extra keyword arguments go to the backend's ``configure`` (e.g.
+    logging records and prints of process workers reach the parent),
+    and a failure policy: ``on_error`` ('raise', the default and
+    joblib's behaviour; 'return': the exception takes the failed task's place;
+    'collect': an ``ExceptionGroup`` of the failures at the end, the results as its
+    ``results`` attribute), ``retries`` (a failed task runs again up to this many more
+    times: after its worker died, or an exception of a type in ``retry_on``) and
+    ``retry_on`` (a tuple of exception classes). With a policy other than 'raise', a
+    batch whose worker process died is run again task by task on fresh workers. Extra keyword arguments go to the backend's ``configure`` (e.g.
     ``initializer=``/``initargs=`` for process backends). Parameters left at their
     default take the value of an enclosing ``parallel_config``.
 
@@ -108,6 +118,9 @@ class Parallel:
         max_tasks_per_child: int | None = default(None),
         max_worker_memory: int | str | None = default(None),
         forward_output: bool = default(True),
+        on_error: Literal["raise", "return", "collect"] = default("raise"),
+        retries: int = default(0),
+        retry_on: tuple[type[BaseException], ...] = default(()),
         **backend_kwargs: Any,
     ) -> None:
         cfg = get_active_config()
@@ -122,6 +135,9 @@ class Parallel:
         self.prefer, self.require = check_prefer_require(
             _pick(prefer, "prefer", cfg), _pick(require, "require", cfg)
         )
+        self.on_error = check_on_error(_pick(on_error, "on_error", cfg))
+        self.retries = check_retries(_pick(retries, "retries", cfg))
+        self.retry_on = check_retry_on(_pick(retry_on, "retry_on", cfg))
         self.progress = _pick(progress, "progress", cfg)
         check_progress(self.progress)
         self._backend_kwargs = backend_kwargs
@@ -316,6 +332,9 @@ class Parallel:
             listeners=listeners,
             ensure_ready=self._managed,
             on_finish=on_finish,
+            on_error=self.on_error,
+            retries=self.retries,
+            retry_on=self.retry_on,
         )
 
     def _batch_size_for(self, backend: ParallelBackendBase) -> int | str:
