@@ -195,7 +195,7 @@ def test_methods_the_scheduler_never_calls_are_not_in_the_contract(name: str) ->
 
 def test_transport_hooks_hold_only_what_par_sets() -> None:
     fields = {f.name for f in dataclasses.fields(TransportHooks)}
-    assert fields == {"serialize_batch", "env", "initializer", "initargs"}
+    assert fields == {"serialize_batch", "env", "initializer", "initargs", "max_tasks_per_child", "max_worker_memory"}
     assert not hasattr(TransportHooks, "worker_key")
 
 
