@@ -102,15 +102,21 @@ def get_active_config() -> ActiveConfig:
     merged: dict[str, Any] = dict(DEFAULTS)
     explicit: set[str] = set()
     nested = False
+    depth = 0  # how many task scopes (nested calls) enclose this point
     for layer in _stack():
         for key, value in layer.items():
             if key == "__nested__":
                 nested = True
+                depth += 1
                 continue
             merged[key] = value
             explicit.add(key)
     if isinstance(merged["backend"], str):
         merged["backend"] = make_backend(merged["backend"])
+    backend = merged["backend"]
+    if backend is not None and backend.nesting_level is None:
+        # joblib's backends report their nesting level: 0 in the caller, 1 inside a task
+        backend.nesting_level = depth
     return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested)
 
 
@@ -305,9 +311,12 @@ class parallel_config:
     ) -> ParallelBackendBase | None:
         if isinstance(backend, _Default) or backend is None:
             if backend_params:
-                raise TypeError(
-                    f"parallel_config got unexpected keyword arguments {sorted(backend_params)}: "
-                    f"extra keyword arguments are backend parameters and need backend=<name>."
+                # joblib's type and key phrase first, par's explanation after.
+                raise ValueError(
+                    f"inner_max_num_threads and other constructor parameters backend_params are "
+                    f"only supported when backend is not None. parallel_config got unexpected "
+                    f"keyword arguments {sorted(backend_params)}: extra keyword arguments are "
+                    f"backend parameters and need backend=<name>."
                 )
             return None
         obj = backend_instance(backend, **backend_params)
@@ -330,8 +339,11 @@ class parallel_config:
         if owned is not None:
             owned.end_config()
 
-    def __enter__(self) -> parallel_config:
-        return self
+    def __enter__(self) -> dict[str, Any]:
+        """The configuration in force in the block, as joblib yields it: a dict of the
+        parameters (``cfg["backend"]`` is the backend instance, None when unset)."""
+        cfg = get_active_config()
+        return {name: getattr(cfg, name) for name in DEFAULTS}
 
     def __exit__(
         self,

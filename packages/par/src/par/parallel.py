@@ -48,6 +48,15 @@ def _pick(value: Any, name: str, cfg: Any) -> Any:
     return value
 
 
+def _pick_unset_none(value: Any, name: str, cfg: Any) -> Any:
+    """For a parameter whose documented default is None: an explicit None means "not
+    set", as in joblib (``Parallel(n_jobs=None)`` takes ``n_jobs`` from the enclosing
+    ``parallel_config``, the way libraries pass ``n_jobs=self.n_jobs``)."""
+    if value is None:
+        return getattr(cfg, name)
+    return _pick(value, name, cfg)
+
+
 class _CallBlobs:
     """par_serialization's blob store (large callables pickled by value, written once per
     call) in the call's memmap folder: removed with the call's arrays, and swept like
@@ -102,23 +111,25 @@ class Parallel:
         self.timeout = par_scheduler.check_timeout(timeout)
         self.return_as = par_scheduler.check_return_as(return_as)
         self.batch_size = par_scheduler.check_batch_size(batch_size)
-        self.temp_folder = check_temp_folder(_pick(temp_folder, "temp_folder", cfg))
+        self.temp_folder = check_temp_folder(_pick_unset_none(temp_folder, "temp_folder", cfg))
         self.max_nbytes = _pick(max_nbytes, "max_nbytes", cfg)
         self._max_nbytes = parse_nbytes(self.max_nbytes)  # the one rule; memmap gets bytes
         self.mmap_mode = check_mmap_mode(_pick(mmap_mode, "mmap_mode", cfg))
         self.prefer, self.require = check_prefer_require(
-            _pick(prefer, "prefer", cfg), _pick(require, "require", cfg)
+            _pick_unset_none(prefer, "prefer", cfg), _pick_unset_none(require, "require", cfg)
         )
-        self.progress = _pick(progress, "progress", cfg)
+        self.progress = _pick_unset_none(progress, "progress", cfg)
         check_progress(self.progress)
         self._backend_kwargs = backend_kwargs
 
-        explicit_n_jobs = not is_default(n_jobs)
-        self.n_jobs = check_n_jobs(n_jobs if explicit_n_jobs else cfg.n_jobs)
+        n_jobs = check_n_jobs(_pick_unset_none(n_jobs, "n_jobs", cfg))
         self._backend, self._inner_max_num_threads = self._resolve_backend(backend, cfg)
+        # Still unset: the backend's default (1 for local backends, every worker for dask),
+        # as joblib's Parallel reports it.
+        self.n_jobs: int = n_jobs if n_jobs is not None else self._backend.default_n_jobs
         # Inside a worker, a Parallel that did not choose its backend gets the nested one,
         # capped to the worker's share of the CPUs so outer x inner stays within cpu_count.
-        self._nested_cap: int | None = cfg.n_jobs if cfg.nested and is_default(backend) else None
+        self._nested_cap: int | None = cfg.n_jobs if cfg.nested and (is_default(backend) or backend is None) else None
         self.pre_dispatch = pre_dispatch
         par_scheduler.parse_pre_dispatch(pre_dispatch, 1)  # validate now: never evaluated as code
 
