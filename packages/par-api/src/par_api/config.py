@@ -83,6 +83,8 @@ class ActiveConfig:
     progress: Any
     explicit: frozenset[str]
     nested: bool = False
+    #: how many task scopes enclose this point: 0 in the caller, 1 inside a task
+    nesting_level: int = 0
 
     def is_set(self, name: str) -> bool:
         return name in self.explicit
@@ -117,7 +119,7 @@ def get_active_config() -> ActiveConfig:
     if backend is not None and backend.nesting_level is None:
         # joblib's backends report their nesting level: 0 in the caller, 1 inside a task
         backend.nesting_level = depth
-    return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested)
+    return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested, nesting_level=depth)
 
 
 def check_verbose(verbose: Any) -> int:
@@ -320,6 +322,9 @@ class parallel_config:
                 )
             return None
         obj = backend_instance(backend, **backend_params)
+        if obj.nesting_level is None:
+            # joblib's backends report their nesting level: 0 in the caller, 1 in a task
+            obj.nesting_level = sum(1 for layer in _stack() if "__nested__" in layer)
         check_inner_max_num_threads_supported(obj, inner_max_num_threads)
         if inner_max_num_threads is not None:
             obj.inner_max_num_threads = inner_max_num_threads

@@ -27,6 +27,7 @@ from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, cpu_co
 
 from . import _crash, _tracking
 from ._common import (
+    nested_process_n_jobs,
     adopt_remote_traceback,
     check_backend_kwargs,
     check_initializer,
@@ -104,8 +105,10 @@ class LokyBackend(ParallelBackendBase):
 
     # -- sizing -------------------------------------------------------------------
     def effective_n_jobs(self, n_jobs: int | None) -> int:
-        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
-        return normalize_n_jobs(n_jobs)
+        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0); 1,
+        with joblib's warning, inside a daemonic process or a thread below a parallel call."""
+        n = normalize_n_jobs(n_jobs)
+        return nested_process_n_jobs(self, n, "Loky") or n
 
     def configure(
         self,

@@ -36,6 +36,7 @@ from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, normal
 
 from . import _crash, _tracking
 from ._common import (
+    nested_process_n_jobs,
     adopt_remote_traceback,
     check_backend_kwargs,
     check_initializer,
@@ -296,8 +297,10 @@ class MultiprocessingBackend(ParallelBackendBase):
         return resolve_context(self._context)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
-        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
-        return normalize_n_jobs(n_jobs)
+        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0); 1,
+        with joblib's warning, inside a daemonic process or a thread below a parallel call."""
+        n = normalize_n_jobs(n_jobs)
+        return nested_process_n_jobs(self, n, "Multiprocessing") or n
 
     def configure(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -49,9 +50,10 @@ def _pick(value: Any, name: str, cfg: Any) -> Any:
 
 
 def _pick_unset_none(value: Any, name: str, cfg: Any) -> Any:
-    """For a parameter whose documented default is None: an explicit None means "not
-    set", as in joblib (``Parallel(n_jobs=None)`` takes ``n_jobs`` from the enclosing
-    ``parallel_config``, the way libraries pass ``n_jobs=self.n_jobs``)."""
+    """For ``n_jobs``, the one parameter the spec documents None as "unset" for: an
+    explicit None takes the enclosing ``parallel_config``'s value, as in joblib (the way
+    libraries pass ``n_jobs=self.n_jobs``). For ``prefer``/``require``/``temp_folder``
+    an explicit None is a value that overrides the configuration, as in joblib 1.6."""
     if value is None:
         return getattr(cfg, name)
     return _pick(value, name, cfg)
@@ -111,14 +113,14 @@ class Parallel:
         self.timeout = par_scheduler.check_timeout(timeout)
         self.return_as = par_scheduler.check_return_as(return_as)
         self.batch_size = par_scheduler.check_batch_size(batch_size)
-        self.temp_folder = check_temp_folder(_pick_unset_none(temp_folder, "temp_folder", cfg))
+        self.temp_folder = check_temp_folder(_pick(temp_folder, "temp_folder", cfg))
         self.max_nbytes = _pick(max_nbytes, "max_nbytes", cfg)
         self._max_nbytes = parse_nbytes(self.max_nbytes)  # the one rule; memmap gets bytes
         self.mmap_mode = check_mmap_mode(_pick(mmap_mode, "mmap_mode", cfg))
         self.prefer, self.require = check_prefer_require(
-            _pick_unset_none(prefer, "prefer", cfg), _pick_unset_none(require, "require", cfg)
+            _pick(prefer, "prefer", cfg), _pick(require, "require", cfg)
         )
-        self.progress = _pick_unset_none(progress, "progress", cfg)
+        self.progress = _pick(progress, "progress", cfg)
         check_progress(self.progress)
         self._backend_kwargs = backend_kwargs
 
@@ -127,6 +129,10 @@ class Parallel:
         # Still unset: the backend's default (1 for local backends, every worker for dask),
         # as joblib's Parallel reports it.
         self.n_jobs: int = n_jobs if n_jobs is not None else self._backend.default_n_jobs
+        if self._backend.nesting_level is None:
+            # 0 in the caller, 1 inside a task: process backends use it to refuse starting
+            # processes from the threads of a thread backend (joblib's rule)
+            self._backend.nesting_level = cfg.nesting_level
         # Inside a worker, a Parallel that did not choose its backend gets the nested one,
         # capped to the worker's share of the CPUs so outer x inner stays within cpu_count.
         self._nested_cap: int | None = cfg.n_jobs if cfg.nested and (is_default(backend) or backend is None) else None
@@ -213,6 +219,17 @@ class Parallel:
         )
         self._call_backend = backend
         self._effective_n_jobs = n
+        if self.timeout is not None and not backend.supports_timeout:
+            # joblib's warning (n_jobs=1 and the sequential backend run in the caller's
+            # thread, where a task cannot be interrupted)
+            warnings.warn(
+                f"The backend class {type(backend).__name__!r} does not support timeout. You have "
+                f"set 'timeout={self.timeout:g}' in Parallel but the 'timeout' parameter will not "
+                f"be used: with n_jobs=1 or the sequential backend, tasks run in the caller's "
+                f"thread and cannot be interrupted.",
+                UserWarning,
+                stacklevel=4,
+            )
         return backend, n
 
     def _release(self) -> None:
