@@ -232,3 +232,31 @@ def test_errors_keep_joblibs_type_and_key_phrase():
         OUT["inconsistent"] = [kind, "inconsistent" in text]
         """
     )
+
+
+# -- 7. the dask backend's documented options ---------------------------------------------
+
+
+def test_dask_backend_options():
+    pytest.importorskip("distributed")
+    out = assert_same(
+        """
+        import distributed
+        kind, text = error_of(lambda: parallel_config(backend="dask"))
+        OUT["no_client"] = [kind, "first create a Dask Client" in text]
+        def where(x, big):
+            from distributed import get_worker
+            return get_worker().address, len(big)
+        big = list(range(1000))
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+            first = sorted(client.scheduler_info()["workers"])[0]
+            with parallel_config(backend="dask", scatter=[big], workers=[first], retries=1,
+                                 wait_for_workers_timeout=5):
+                res = Parallel()(delayed(where)(i, big) for i in range(6))
+            OUT["pinned"] = all(addr == first for addr, _ in res)
+            OUT["lens"] = [n for _, n in res]
+        """
+    )
+    assert out["no_client"] == ["ValueError", True]
+    assert out["pinned"] is True and out["lens"] == [1000] * 6
