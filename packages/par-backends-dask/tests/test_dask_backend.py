@@ -144,7 +144,9 @@ def test_dask_registered_through_entry_point():
 
 def test_no_cluster_fails_when_the_backend_is_chosen_with_joblibs_phrase(monkeypatch):
     monkeypatch.delenv("PAR_DASK_SCHEDULER", raising=False)
-    with pytest.raises(ValueError, match=r"first create a Dask Client\. backend='dask' found no dask cluster"):
+    with pytest.raises(
+        ValueError, match=r"first create a Dask Client\. backend='dask' found no dask cluster"
+    ):
         DaskBackend()
 
 

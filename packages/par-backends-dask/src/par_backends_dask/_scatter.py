@@ -149,7 +149,9 @@ class CallArguments:
                     if key in scattered or key in wanted or is_small(arg):
                         continue
                     size = known_nbytes(arg)
-                    if (size is not None and size >= threshold) or (key in seen and self._threshold is not None):
+                    if (size is not None and size >= threshold) or (
+                        key in seen and self._threshold is not None
+                    ):
                         wanted[key] = arg
                     elif key not in first_seen:
                         first_seen.append(key)

@@ -84,6 +84,7 @@ def _check_submit_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         )
     return kwargs
 
+
 _local = threading.local()
 _logger = logging.getLogger("par_backends_dask")
 
@@ -233,7 +234,9 @@ class DaskBackend(ParallelBackendBase):
                 try:
                     distributed.get_client()
                 except ValueError:
-                    raise ValueError(f"To use par with Dask first create a Dask Client. {NO_CLIENT_MESSAGE}") from None
+                    raise ValueError(
+                        f"To use par with Dask first create a Dask Client. {NO_CLIENT_MESSAGE}"
+                    ) from None
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
