@@ -143,8 +143,7 @@ def nested_process_n_jobs(backend: Any, n_jobs: int | None, label: str) -> int |
     elif threading.current_thread() is not threading.main_thread() and (backend.nesting_level or 0) >= 1:
         where = "nested below threads"
         reason = (
-            "this call runs in a thread of an enclosing parallel call, where starting processes "
-            "can deadlock"
+            "this call runs in a thread of an enclosing parallel call, where starting processes can deadlock"
         )
     else:
         return None

@@ -36,13 +36,13 @@ from par_api import ParallelBackendBase, TransportHooks, WorkerDiedError, normal
 
 from . import _crash, _tracking
 from ._common import (
-    nested_process_n_jobs,
     adopt_remote_traceback,
     check_backend_kwargs,
     check_initializer,
     check_process_backend_available,
     hand_over,
     init_steps,
+    nested_process_n_jobs,
     serialize,
     setup_worker,
 )

@@ -135,7 +135,9 @@ class Parallel:
             self._backend.nesting_level = cfg.nesting_level
         # Inside a worker, a Parallel that did not choose its backend gets the nested one,
         # capped to the worker's share of the CPUs so outer x inner stays within cpu_count.
-        self._nested_cap: int | None = cfg.n_jobs if cfg.nested and (is_default(backend) or backend is None) else None
+        self._nested_cap: int | None = (
+            cfg.n_jobs if cfg.nested and (is_default(backend) or backend is None) else None
+        )
         self.pre_dispatch = pre_dispatch
         par_scheduler.parse_pre_dispatch(pre_dispatch, 1)  # validate now: never evaluated as code
 
