@@ -260,3 +260,28 @@ def test_dask_backend_options():
     )
     assert out["no_client"] == ["ValueError", True]
     assert out["pinned"] is True and out["lens"] == [1000] * 6
+
+
+# -- 8. leaving early ---------------------------------------------------------------------
+
+
+def test_leaving_a_threading_block_early_does_not_run_the_rest():
+    out = assert_same(
+        """
+        import threading, time
+        started = []
+        lock = threading.Lock()
+        def task(i):
+            with lock:
+                started.append(i)
+            time.sleep(0.2)
+            return i
+        with Parallel(n_jobs=2, backend="threading", return_as="generator", pre_dispatch="all") as p:
+            gen = p(delayed(task)(i) for i in range(30))
+            OUT["first"] = next(gen)
+        time.sleep(0.5)
+        # the tasks not started when the block was left never run (and the script exits)
+        OUT["most_skipped"] = len(started) < 15
+        """
+    )
+    assert out["most_skipped"] is True

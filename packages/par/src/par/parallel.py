@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -148,6 +149,7 @@ class Parallel:
         self._effective_n_jobs: int | None = None
         self._temp: Any = None
         self._serializer: Any = None
+        self._live_result: weakref.ref[Any] | None = None
 
     # -- backend choice -------------------------------------------------------------
     def _resolve_backend(self, backend: Any, cfg: Any) -> tuple[ParallelBackendBase, int | None]:
@@ -254,6 +256,13 @@ class Parallel:
 
     def __exit__(self, *exc: object) -> None:
         self._managed = False
+        live, self._live_result = self._live_result, None
+        result = live() if live is not None else None
+        if self._running and result is not None and hasattr(result, "close"):
+            # Leaving the block with a generator result not exhausted: end that call now
+            # (the batches not started are dropped and not waited for, as in joblib),
+            # rather than when the generator is collected, possibly at interpreter exit.
+            result.close()
         self._release()
 
     # -- the call ---------------------------------------------------------------------
@@ -298,7 +307,7 @@ class Parallel:
             finally:
                 self._running = False
 
-        return par_scheduler.run(
+        result = par_scheduler.run(
             backend,
             iterable,
             n_jobs=n_jobs,
@@ -310,6 +319,9 @@ class Parallel:
             ensure_ready=self._managed,
             on_finish=on_finish,
         )
+        if self._managed and self.return_as != "list":
+            self._live_result = weakref.ref(result)  # closed by __exit__ if not exhausted
+        return result
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
