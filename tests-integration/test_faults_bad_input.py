@@ -34,7 +34,7 @@ def _config_depth():
 P = Parallel
 ROWS = [
     # -- Parallel ------------------------------------------------------------------
-    ("Parallel-n_jobs-str", P, {"n_jobs": "two"}, TypeError, ["n_jobs", "-1"]),
+    ("Parallel-n_jobs-str", P, {"n_jobs": "two"}, ValueError, ["n_jobs", "-1"]),  # as joblib
     ("Parallel-n_jobs-zero", P, {"n_jobs": 0}, ValueError, ["n_jobs", "-1"]),
     ("Parallel-n_jobs-bool", P, {"n_jobs": True}, TypeError, ["n_jobs"]),
     ("Parallel-n_jobs-nan", P, {"n_jobs": math.nan}, ValueError, ["n_jobs", "finite"]),
@@ -83,7 +83,7 @@ ROWS = [
     # -- parallel_config -----------------------------------------------------------
     ("config-backend-int", parallel_config, {"backend": 42}, TypeError, ["backend", "name"]),
     ("config-backend-unknown", parallel_config, {"backend": "nope"}, ValueError, ["nope", "loky"]),
-    ("config-n_jobs", parallel_config, {"n_jobs": "x"}, TypeError, ["n_jobs", "-1"]),
+    ("config-n_jobs", parallel_config, {"n_jobs": "x"}, ValueError, ["n_jobs", "-1"]),
     ("config-n_jobs-zero", parallel_config, {"n_jobs": 0}, ValueError, ["n_jobs", "-1"]),
     ("config-verbose", parallel_config, {"verbose": -3}, ValueError, ["verbose", ">= 0"]),
     ("config-verbose-str", parallel_config, {"verbose": "x"}, TypeError, ["verbose", "int"]),
@@ -107,7 +107,7 @@ ROWS = [
         ["inner_max_num_threads"],
     ),
     ("config-progress", parallel_config, {"progress": 42}, TypeError, ["progress"]),
-    ("config-param-no-backend", parallel_config, {"colour": 1}, TypeError, ["colour", "backend"]),
+    ("config-param-no-backend", parallel_config, {"colour": 1}, ValueError, ["colour", "backend"]),
     ("config-backend-param", parallel_config, {"backend": "threading", "colour": 1}, TypeError, ["colour"]),
     # -- parallel_backend ----------------------------------------------------------
     ("backend-int", parallel_backend, {"backend": 42}, TypeError, ["backend", "name"]),

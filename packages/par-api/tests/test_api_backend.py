@@ -355,7 +355,7 @@ def test_custom_backend_gets_its_parameters_from_parallel_config() -> None:
     par_api.register_parallel_backend("custom", MyCustomBackend)
     with par_api.parallel_config(backend="custom", endpoint="http://compute", api_key="42") as cfg:
         backend = par_api.get_active_config().backend
-        assert backend is cfg.backend
+        assert backend is cfg["backend"]
         assert isinstance(backend, MyCustomBackend)
         assert (backend.endpoint, backend.api_key) == ("http://compute", "42")
     with par_api.parallel_backend("custom", endpoint="http://other", api_key="7") as (backend, n_jobs):

@@ -138,7 +138,9 @@ def test_default_marker() -> None:
 
 def test_context_manager_sets_and_restores() -> None:
     with parallel_config(n_jobs=3, verbose=5, prefer="threads") as cfg:
-        assert isinstance(cfg, parallel_config)
+        # joblib yields the active configuration as a dict
+        assert isinstance(cfg, dict)
+        assert (cfg["n_jobs"], cfg["verbose"], cfg["prefer"], cfg["backend"]) == (3, 5, "threads", None)
         active = get_active_config()
         assert (active.n_jobs, active.verbose, active.prefer) == (3, 5, "threads")
         assert active.explicit == frozenset({"n_jobs", "verbose", "prefer"})
@@ -281,7 +283,7 @@ def test_backend_by_name_is_built_with_backend_params(local_backends: None) -> N
     with parallel_config(backend="local-like", n_jobs=2, endpoint="tcp://x", max_attempts=3) as cfg:
         backend = get_active_config().backend
         assert isinstance(backend, LocalLike)
-        assert backend is cfg.backend
+        assert backend is cfg["backend"]
         assert backend.params == {"endpoint": "tcp://x", "max_attempts": 3}
         assert active_backend() == (backend, 2)
 
@@ -300,7 +302,7 @@ def test_backend_instance_is_used_as_is(local_backends: None) -> None:
 
 def test_each_entry_of_a_named_backend_builds_a_new_instance(local_backends: None) -> None:
     with parallel_config(backend="local-like") as a, parallel_config(backend="local-like") as b:
-        assert a.backend is not b.backend
+        assert a["backend"] is not b["backend"]
 
 
 def test_backend_params_with_an_instance_are_a_type_error(local_backends: None) -> None:
@@ -311,7 +313,7 @@ def test_backend_params_with_an_instance_are_a_type_error(local_backends: None) 
 
 
 def test_backend_params_without_a_backend_are_a_type_error() -> None:
-    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['max_attempts'\].*need backend=<name>"):
+    with pytest.raises(ValueError, match=r"unexpected keyword arguments \['max_attempts'\].*need backend=<name>"):
         parallel_config(n_jobs=2, max_attempts=3)
 
 
@@ -333,7 +335,7 @@ def test_unknown_backend_name_is_a_value_error_and_nothing_is_pushed(local_backe
 
 def test_backend_none_leaves_the_enclosing_backend(local_backends: None) -> None:
     with parallel_config(backend="local-like") as outer, parallel_config(backend=None, n_jobs=3):
-        assert get_active_config().backend is outer.backend
+        assert get_active_config().backend is outer["backend"]
         assert get_active_config().n_jobs == 3
 
 
@@ -402,7 +404,7 @@ def test_invalid_inner_max_num_threads(value: Any, error: type[Exception], messa
             ValueError,
             r"n_jobs=0 is not allowed: use a positive count of workers, -1 for all CPUs",
         ),
-        ({"n_jobs": "2"}, TypeError, r"n_jobs must be an int \(or None\), got str '2'"),
+        ({"n_jobs": "two"}, ValueError, r"n_jobs could not be converted to int: got 'two'"),
         ({"n_jobs": True}, TypeError, r"n_jobs must be an int"),
         ({"n_jobs": float("nan")}, ValueError, r"n_jobs must be a finite number"),
         ({"verbose": -1}, ValueError, r"verbose must be >= 0, got -1"),
@@ -611,7 +613,7 @@ def test_effective_n_jobs_passes_the_validated_int_to_the_backend() -> None:
     [
         (0, ValueError, r"n_jobs=0 is not allowed"),
         (0.5, ValueError, r"n_jobs=0.5 is not allowed"),
-        ("all", TypeError, r"n_jobs must be an int \(or None\), got str 'all'"),
+        ("all", ValueError, r"n_jobs could not be converted to int: got 'all'"),
         ([2], TypeError, r"n_jobs must be an int"),
         (float("inf"), ValueError, r"n_jobs must be a finite number"),
     ],

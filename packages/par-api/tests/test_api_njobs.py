@@ -48,7 +48,16 @@ def test_non_finite_floats_are_value_errors(n_jobs: float) -> None:
         check_n_jobs(n_jobs)
 
 
-@pytest.mark.parametrize("n_jobs", ["2", b"2", True, False, [1], 2j, object()])
+def test_strings_of_ints_are_converted_as_joblib_does() -> None:
+    assert check_n_jobs("2") == 2
+    assert check_n_jobs(" -1 ") == -1
+    with pytest.raises(ValueError, match=r"^n_jobs could not be converted to int: got 'all'"):
+        check_n_jobs("all")
+    with pytest.raises(ValueError, match=r"n_jobs=0 is not allowed"):
+        check_n_jobs("0")
+
+
+@pytest.mark.parametrize("n_jobs", [b"2", True, False, [1], 2j, object()])
 def test_non_numbers_are_type_errors_naming_n_jobs(n_jobs: Any) -> None:
     with pytest.raises(
         TypeError,
@@ -61,6 +70,8 @@ def test_errors_name_the_given_parameter() -> None:
     with pytest.raises(ValueError, match=r"^workers=0 is not allowed"):
         check_n_jobs(0, name="workers")
     with pytest.raises(TypeError, match=r"^workers must be an int"):
+        normalize_n_jobs(b"x", n_cpus=4, name="workers")
+    with pytest.raises(ValueError, match=r"^workers could not be converted to int"):
         normalize_n_jobs("x", n_cpus=4, name="workers")
 
 

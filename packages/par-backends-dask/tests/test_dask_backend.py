@@ -137,13 +137,30 @@ fails, in_worker_store, nested_sum, die = _worker_functions()
 # -- registry and arguments -----------------------------------------------------------
 def test_dask_registered_through_entry_point():
     assert "dask" in available_backends()
-    backend = make_backend("dask", scatter_threshold="2M")
+    backend = make_backend("dask", scatter_threshold="2M", scheduler_address="tcp://127.0.0.1:1")
     assert isinstance(backend, DaskBackend)
     assert backend.scatter_threshold == 2 * 1024**2
 
 
+def test_no_cluster_fails_when_the_backend_is_chosen_with_joblibs_phrase(monkeypatch):
+    monkeypatch.delenv("PAR_DASK_SCHEDULER", raising=False)
+    with pytest.raises(
+        ValueError, match=r"first create a Dask Client\. backend='dask' found no dask cluster"
+    ):
+        DaskBackend()
+
+
+def test_submit_keywords_are_checked_against_client_submit():
+    b = DaskBackend(scheduler_address="tcp://127.0.0.1:1", workers=["tcp://w:1"], retries=2)
+    assert b.submit_kwargs == {"workers": ["tcp://w:1"], "retries": 2}
+    with pytest.raises(TypeError, match=r"unexpected arguments \['bogus'\].*Client.submit.*retries"):
+        DaskBackend(scheduler_address="tcp://127.0.0.1:1", bogus=1)
+    with pytest.raises(ValueError, match="wait_for_workers_timeout must be"):
+        DaskBackend(scheduler_address="tcp://127.0.0.1:1", wait_for_workers_timeout=-1)
+
+
 def test_dask_capability_flags():
-    b = DaskBackend()
+    b = DaskBackend(scheduler_address="tcp://127.0.0.1:1")  # nothing connects before a call
     assert (b.supports_timeout, b.supports_return_generator, b.supports_auto_batching) == (True,) * 3
     assert (b.uses_threads, b.supports_sharedmem, b.supports_transport_hooks) == (False,) * 3
     assert not b.supports_inner_max_num_threads

@@ -58,7 +58,7 @@ def test_threadlimits_budget_defaults_to_cpu_count(monkeypatch: pytest.MonkeyPat
     ("kwargs", "exc", "name"),
     [
         ({"n_jobs": 0}, ValueError, "n_jobs"),
-        ({"n_jobs": "two"}, TypeError, "n_jobs"),
+        ({"n_jobs": "two"}, ValueError, "n_jobs"),
         ({"n_jobs": True}, TypeError, "n_jobs"),
         ({"n_jobs": 2, "inner_max_num_threads": 0}, ValueError, "inner_max_num_threads"),
         ({"n_jobs": 2, "inner_max_num_threads": "2"}, TypeError, "inner_max_num_threads"),

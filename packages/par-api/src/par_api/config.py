@@ -97,6 +97,8 @@ class ActiveConfig:
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = ()
     nested: bool = False
+    #: how many task scopes enclose this point: 0 in the caller, 1 inside a task
+    nesting_level: int = 0
 
     def is_set(self, name: str) -> bool:
         return name in self.explicit
@@ -116,16 +118,22 @@ def get_active_config() -> ActiveConfig:
     merged: dict[str, Any] = dict(DEFAULTS)
     explicit: set[str] = set()
     nested = False
+    depth = 0  # how many task scopes (nested calls) enclose this point
     for layer in _stack():
         for key, value in layer.items():
             if key == "__nested__":
                 nested = True
+                depth += 1
                 continue
             merged[key] = value
             explicit.add(key)
     if isinstance(merged["backend"], str):
         merged["backend"] = make_backend(merged["backend"])
-    return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested)
+    backend = merged["backend"]
+    if backend is not None and backend.nesting_level is None:
+        # joblib's backends report their nesting level: 0 in the caller, 1 inside a task
+        backend.nesting_level = depth
+    return ActiveConfig(**merged, explicit=frozenset(explicit), nested=nested, nesting_level=depth)
 
 
 def check_verbose(verbose: Any) -> int:
@@ -343,12 +351,18 @@ class parallel_config:
     ) -> ParallelBackendBase | None:
         if isinstance(backend, _Default) or backend is None:
             if backend_params:
-                raise TypeError(
-                    f"parallel_config got unexpected keyword arguments {sorted(backend_params)}: "
-                    f"extra keyword arguments are backend parameters and need backend=<name>."
+                # joblib's type and key phrase first, par's explanation after.
+                raise ValueError(
+                    f"inner_max_num_threads and other constructor parameters backend_params are "
+                    f"only supported when backend is not None. parallel_config got unexpected "
+                    f"keyword arguments {sorted(backend_params)}: extra keyword arguments are "
+                    f"backend parameters and need backend=<name>."
                 )
             return None
         obj = backend_instance(backend, **backend_params)
+        if obj.nesting_level is None:
+            # joblib's backends report their nesting level: 0 in the caller, 1 in a task
+            obj.nesting_level = sum(1 for layer in _stack() if "__nested__" in layer)
         check_inner_max_num_threads_supported(obj, inner_max_num_threads)
         if inner_max_num_threads is not None:
             obj.inner_max_num_threads = inner_max_num_threads
@@ -368,8 +382,11 @@ class parallel_config:
         if owned is not None:
             owned.end_config()
 
-    def __enter__(self) -> parallel_config:
-        return self
+    def __enter__(self) -> dict[str, Any]:
+        """The configuration in force in the block, as joblib yields it: a dict of the
+        parameters (``cfg["backend"]`` is the backend instance, None when unset)."""
+        cfg = get_active_config()
+        return {name: getattr(cfg, name) for name in DEFAULTS}
 
     def __exit__(
         self,

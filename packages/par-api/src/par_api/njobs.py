@@ -14,11 +14,21 @@ def check_n_jobs(n_jobs: Any, name: str = "n_jobs") -> int | None:
     """Validate ``n_jobs`` and return it as an int (floats rounded down), or None.
 
     Floats are rounded down (``math.floor``: ``2.7`` -> 2, ``-1.5`` -> -2), as the spec
-    says. Raises ``TypeError`` for a non-number (bools included) and ``ValueError`` for
+    says; a string of an int (``'2'``) is converted as joblib does, another string is a
+    ``ValueError``. Raises ``TypeError`` for a non-number (bools included) and ``ValueError`` for
     0, for a float that rounds down to 0, and for NaN or infinity; both name the parameter.
     """
     if n_jobs is None:
         return None
+    if isinstance(n_jobs, str):
+        # joblib converts with int(): '2' is 2, '-1' is -1; anything else is a ValueError
+        try:
+            n_jobs = int(n_jobs.strip())
+        except ValueError:
+            raise ValueError(
+                f"{name} could not be converted to int: got {n_jobs!r}. Use a positive count of "
+                f"workers, -1 for all CPUs, or -2 for all but one."
+            ) from None
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Real):
         raise TypeError(
             f"{name} must be an int (or None), got {type(n_jobs).__name__} {n_jobs!r}. "

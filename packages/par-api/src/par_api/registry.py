@@ -134,9 +134,13 @@ def get_backend_factory(name: str) -> BackendFactory:
         hint = ""
         if name in KNOWN_BACKEND_PACKAGES:
             hint = f" The {name!r} backend is provided by {KNOWN_BACKEND_PACKAGES[name]}: install it."
+        # joblib's key phrase first ("Invalid backend: <name>, expected one of [...]"), so
+        # that code matching on it keeps working; par's explanation after it.
+        names = available_backends()
         raise BackendNotAvailableError(
+            f"Invalid backend: {name}, expected one of {names}. "
             f"backend={name!r} is not available. Available backends: "
-            f"{', '.join(available_backends()) or '(none installed)'}.{hint} "
+            f"{', '.join(names) or '(none installed)'}.{hint} "
             f"Custom backends are registered with register_parallel_backend(name, factory) or "
             f"through the {ENTRY_POINT_GROUP!r} entry-point group."
         )

@@ -122,14 +122,22 @@ class CallArguments:
         #: Number of objects scattered and the sum of their known sizes (for reports).
         self.n_scattered = 0
         self.bytes_scattered = 0
+        self._preloaded = False
+
+    def preload(self, objects: Sequence[Any], futures: Sequence[Any]) -> None:
+        """Objects already on the cluster (``scatter=``): tasks get their futures."""
+        with self._lock:
+            for obj, fut in zip(objects, futures, strict=True):
+                self._scattered[id(obj)] = (obj, fut)
+        self._preloaded = True
 
     def prepare(self, batch: Any) -> tuple[Any, list[Any]]:
         """``(batch', futures)``: the batch with placeholders and the futures to pass
         after it to :func:`run_batch`; ``(batch, [])`` when nothing is scattered."""
         tasks = getattr(batch, "tasks", None)
-        if self._threshold is None or not tasks:
+        if (self._threshold is None and not self._preloaded) or not tasks:
             return batch, []
-        threshold = self._threshold
+        threshold = self._threshold if self._threshold is not None else float("inf")
         with self._lock:
             scattered = self._scattered
             seen = self._seen
@@ -141,7 +149,9 @@ class CallArguments:
                     if key in scattered or key in wanted or is_small(arg):
                         continue
                     size = known_nbytes(arg)
-                    if (size is not None and size >= threshold) or key in seen:
+                    if (size is not None and size >= threshold) or (
+                        key in seen and self._threshold is not None
+                    ):
                         wanted[key] = arg
                     elif key not in first_seen:
                         first_seen.append(key)

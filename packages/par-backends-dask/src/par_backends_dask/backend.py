@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -49,13 +50,40 @@ from typing import Any
 import distributed
 from par_api import ParallelBackendBase, WorkerDiedError, check_n_jobs, parse_nbytes
 
-from ._client import ENV_SCHEDULER, in_worker_task, release_client, resolve_client
+from ._client import ENV_SCHEDULER, NO_CLIENT_MESSAGE, in_worker_task, release_client, resolve_client
 from ._pickling import KeepCode
 from ._scatter import DEFAULT_SCATTER_THRESHOLD, CallArguments, run_batch
 
 __all__ = ["DaskBackend"]
 
 _BACKEND_KWARGS = ("client", "scheduler_address", "scatter_threshold", "connect_timeout")
+
+#: joblib's extra constructor arguments: ``scatter`` (objects sent to every worker once),
+#: ``wait_for_workers_timeout`` (seconds to wait for a first worker; 0/None: no wait); the
+#: other keywords are ``client.submit``'s (``workers=``, ``resources=``, ``retries=``...).
+_JOBLIB_KWARGS = ("scatter", "wait_for_workers_timeout")
+
+
+def _submit_keywords() -> frozenset[str]:
+    import inspect
+
+    names = set(inspect.signature(distributed.Client.submit).parameters)
+    # set by the backend itself, or positional
+    return frozenset(names - {"self", "func", "args", "kwargs", "key", "pure"})
+
+
+def _check_submit_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    accepted = _submit_keywords()
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"DaskBackend got unexpected arguments {unknown}; accepted: "
+            f"{', '.join(_BACKEND_KWARGS + _JOBLIB_KWARGS)} (and nesting_level, inner_max_num_threads), "
+            f"and the keywords of distributed.Client.submit passed to every task: "
+            f"{', '.join(sorted(accepted))}."
+        )
+    return kwargs
+
 
 _local = threading.local()
 _logger = logging.getLogger("par_backends_dask")
@@ -175,19 +203,40 @@ class DaskBackend(ParallelBackendBase):
         connect_timeout: float | str | None = None,
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
-        **kwargs: Any,
+        scatter: Any = None,
+        wait_for_workers_timeout: float | None = 10,
+        **submit_kwargs: Any,
     ) -> None:
-        if kwargs:
-            raise TypeError(
-                f"DaskBackend got unexpected arguments {sorted(kwargs)}; accepted: "
-                f"{', '.join(_BACKEND_KWARGS)} (and nesting_level, inner_max_num_threads)."
-            )
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.submit_kwargs = _check_submit_kwargs(submit_kwargs)
         self.client = _check_client(client)
         self.scheduler_address = _check_address(scheduler_address)
         self.scatter_threshold = _check_threshold(scatter_threshold)
         self.connect_timeout = connect_timeout
+        if wait_for_workers_timeout is not None and (
+            isinstance(wait_for_workers_timeout, bool)
+            or not isinstance(wait_for_workers_timeout, (int, float))
+            or wait_for_workers_timeout < 0
+        ):
+            raise ValueError(
+                f"wait_for_workers_timeout must be a number of seconds >= 0 (0 or None: do not "
+                f"wait), got {wait_for_workers_timeout!r}"
+            )
+        self.wait_for_workers_timeout = wait_for_workers_timeout
+        if scatter is not None and not isinstance(scatter, (list, tuple)):
+            raise TypeError(f"scatter must be a list or tuple of objects, got {type(scatter).__name__}")
+        self._scatter = list(scatter) if scatter is not None else []
         self._init_state()
+        if self.client is None and self.scheduler_address is None and not in_worker_task():
+            # Fail where the backend is chosen (parallel_config), as joblib does, not at
+            # the first call.
+            if not os.environ.get(ENV_SCHEDULER, "").strip():
+                try:
+                    distributed.get_client()
+                except ValueError:
+                    raise ValueError(
+                        f"To use par with Dask first create a Dask Client. {NO_CLIENT_MESSAGE}"
+                    ) from None
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
@@ -199,6 +248,7 @@ class DaskBackend(ParallelBackendBase):
         self._seceded_thread: int | None = None
         self._options: dict[str, Any] = {}
         self._cancelled: set[Any] = set()  # keys cancelled by abort_everything
+        self._prescattered: tuple[Any, list[Any]] | None = None  # (client, futures of scatter=)
 
     # -- pickling (nested backends travel inside batches) -------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -213,6 +263,8 @@ class DaskBackend(ParallelBackendBase):
             "connect_timeout": self.connect_timeout,
             "nesting_level": self.nesting_level,
             "inner_max_num_threads": self.inner_max_num_threads,
+            "submit_kwargs": self.submit_kwargs,
+            "wait_for_workers_timeout": self.wait_for_workers_timeout,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -222,6 +274,9 @@ class DaskBackend(ParallelBackendBase):
         self.connect_timeout = state["connect_timeout"]
         self.nesting_level = state["nesting_level"]
         self.inner_max_num_threads = state["inner_max_num_threads"]
+        self.submit_kwargs = state.get("submit_kwargs", {})
+        self.wait_for_workers_timeout = state.get("wait_for_workers_timeout", 10)
+        self._scatter = []
         self._init_state()
 
     # -- the cluster ----------------------------------------------------------------
@@ -247,7 +302,20 @@ class DaskBackend(ParallelBackendBase):
             n_jobs = self.default_n_jobs
         if n_jobs > 0:
             return n_jobs
-        threads = sum(self.get_client().nthreads().values())
+        client = self.get_client()
+        threads = sum(client.nthreads().values())
+        if threads == 0 and self.wait_for_workers_timeout:
+            # joblib waits for a first worker (a cluster still starting, an adaptive one)
+            try:
+                client.wait_for_workers(1, timeout=self.wait_for_workers_timeout)
+            except TimeoutError as exc:
+                raise TimeoutError(
+                    f"DaskBackend has no worker after {self.wait_for_workers_timeout} seconds. "
+                    f"Make sure that workers are started and can properly connect to the "
+                    f"scheduler, or increase parallel_config(backend='dask', "
+                    f"wait_for_workers_timeout=...)."
+                ) from exc
+            threads = sum(client.nthreads().values())
         return max(threads + 1 + n_jobs, 1)
 
     def configure(
@@ -297,8 +365,14 @@ class DaskBackend(ParallelBackendBase):
         def scatter(objects: list[Any]) -> list[Any]:
             return client.scatter(objects, hash=False)  # type: ignore[no-any-return]
 
+        args = CallArguments(scatter, self._option("scatter_threshold"))
+        if self._scatter:
+            # scatter= objects: sent to every worker once per client, used by every call
+            if self._prescattered is None or self._prescattered[0] is not client:
+                self._prescattered = (client, client.scatter(self._scatter, broadcast=True, hash=False))
+            args.preload(self._scatter, self._prescattered[1])
         with self._lock:
-            self._args = CallArguments(scatter, self._option("scatter_threshold"))
+            self._args = args
         if self._seceded_thread is None and _secede():
             self._seceded_thread = threading.get_ident()
 
@@ -321,7 +395,7 @@ class DaskBackend(ParallelBackendBase):
     def _send(self, entry: _Batch, key: str) -> Any:
         """Submit ``entry`` under ``key``, make it the batch's current future and start
         the completion watcher when it is not running."""
-        future = self.get_client().submit(*entry.args, key=key, pure=False)
+        future = self.get_client().submit(*entry.args, key=key, pure=False, **self.submit_kwargs)
         with self._lock:
             entry.future = future
             entry.since = time.monotonic()

@@ -147,3 +147,36 @@ def fill_source_lines(text: str) -> str:
         if source:
             out.append(f"{indent}  {source}")
     return "\n".join(out)
+def nested_process_n_jobs(backend: Any, n_jobs: int | None, label: str) -> int | None:
+    """1 (with joblib's warning) where a process backend must not start processes: inside
+    a daemonic process (a multiprocessing or dask worker cannot have children), or in a
+    thread below a parallel call (``nesting_level`` >= 1 outside the main thread: forking
+    a multi-threaded process can deadlock). None where processes can be started.
+
+    ``label`` is ``'Loky'`` or ``'Multiprocessing'``; the warning starts with joblib's
+    text ("... cannot be nested ..., setting n_jobs=1") so that filters on it keep working."""
+    import multiprocessing
+    import threading
+    import warnings
+
+    if multiprocessing.current_process().daemon:
+        where = "called in a multiprocessing" if label == "Loky" else "nested"
+        reason = (
+            "this process is daemonic (a multiprocessing or dask worker), and a daemonic process "
+            "cannot start worker processes"
+        )
+    elif threading.current_thread() is not threading.main_thread() and (backend.nesting_level or 0) >= 1:
+        where = "nested below threads"
+        reason = (
+            "this call runs in a thread of an enclosing parallel call, where starting processes can deadlock"
+        )
+    else:
+        return None
+    if n_jobs != 1:
+        warnings.warn(
+            f"{label}-backed parallel loops cannot be {where}, setting n_jobs=1: {reason}; the "
+            f"tasks run sequentially in the caller.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return 1

@@ -11,7 +11,7 @@ from typing import Any
 from par_api import ParallelBackendBase, cpu_count, normalize_n_jobs
 
 from . import _tracking
-from ._common import check_initializer, serialize
+from ._common import check_initializer, nested_process_n_jobs, serialize
 
 __all__ = ["ProcessBackendBase", "nested_threads"]
 
@@ -47,9 +47,14 @@ class ProcessBackendBase(ParallelBackendBase):
                 initializer, initargs
             )
 
+    #: The name joblib's nesting warning gives the backend ("Loky", "Multiprocessing").
+    nesting_label = "Process"
+
     def effective_n_jobs(self, n_jobs: int | None) -> int:
-        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0)."""
-        return normalize_n_jobs(n_jobs)
+        """:func:`par_api.normalize_n_jobs` (``-1`` is every CPU; ``ValueError`` for 0); 1,
+        with joblib's warning, inside a daemonic process or a thread below a parallel call."""
+        n = normalize_n_jobs(n_jobs)
+        return nested_process_n_jobs(self, n, self.nesting_label) or n
 
     def _prepare(self, func: Callable[[], Any]) -> tuple[_tracking.TrackedBatch, int, Any, float]:
         """``(payload, token, info, took)`` for ``func``: serialized through

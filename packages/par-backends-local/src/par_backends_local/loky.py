@@ -67,6 +67,8 @@ class LokyBackend(ProcessBackendBase):
     hooks' initializer), ``idle_worker_timeout`` seconds before an idle worker exits.
     """
 
+    nesting_label = "Loky"
+
     def __init__(
         self,
         nesting_level: int | None = None,

@@ -253,6 +253,8 @@ class MultiprocessingBackend(ProcessBackendBase):
     is started at ``configure`` and closed and joined at ``terminate``.
     """
 
+    nesting_label = "Multiprocessing"
+
     def __init__(
         self,
         nesting_level: int | None = None,

@@ -30,7 +30,7 @@ import pickle
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -232,8 +232,20 @@ def reduce_result(a: np.ndarray, protocol: int = pickle.HIGHEST_PROTOCOL) -> Any
 
     plain = a if type(a) is np.ndarray else a.view(np.ndarray)
     if not plain.flags.writeable:
+        if not plain.dtype.isnative:
+            # numpy's __reduce__ rebuilds a non-native byte order ('>i4') as native: keep
+            # the exact dtype (results come back as the task returned them, as in joblib)
+            order: Literal["C", "F"] = "F" if plain.flags.f_contiguous and not plain.flags.c_contiguous else "C"
+            return _rebuild_writable, (plain.tobytes(order=order), plain.dtype, plain.shape, order)
         return plain.__reduce__()  # rebuilt as a new, writable array
     return plain.__reduce_ex__(protocol)
+
+
+def _rebuild_writable(data: bytes, dtype: Any, shape: tuple[int, ...], order: str) -> Any:
+    """A new, writable array of ``dtype`` (any byte order) from its raw bytes."""
+    import numpy as np
+
+    return np.frombuffer(bytearray(data), dtype=dtype).reshape(shape, order=order)  # type: ignore[call-overload]
 
 
 class _ProtocolResultReducer:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -56,6 +58,16 @@ def _pick(value: Any, name: str, cfg: Any) -> Any:
     if is_default(value):
         return getattr(cfg, name)
     return value
+
+
+def _pick_unset_none(value: Any, name: str, cfg: Any) -> Any:
+    """For ``n_jobs``, the one parameter the spec documents None as "unset" for: an
+    explicit None takes the enclosing ``parallel_config``'s value, as in joblib (the way
+    libraries pass ``n_jobs=self.n_jobs``). For ``prefer``/``require``/``temp_folder``
+    an explicit None is a value that overrides the configuration, as in joblib 1.6."""
+    if value is None:
+        return getattr(cfg, name)
+    return _pick(value, name, cfg)
 
 
 class _CallBlobs:
@@ -155,12 +167,20 @@ class Parallel:
             if not is_default(value) and value is not None
         ]
 
-        explicit_n_jobs = not is_default(n_jobs)
-        self.n_jobs = check_n_jobs(n_jobs if explicit_n_jobs else cfg.n_jobs)
+        n_jobs = check_n_jobs(_pick_unset_none(n_jobs, "n_jobs", cfg))
         self._backend, self._inner_max_num_threads = self._resolve_backend(backend, cfg)
+        # Still unset: the backend's default (1 for local backends, every worker for dask),
+        # as joblib's Parallel reports it.
+        self.n_jobs: int = n_jobs if n_jobs is not None else self._backend.default_n_jobs
+        if self._backend.nesting_level is None:
+            # 0 in the caller, 1 inside a task: process backends use it to refuse starting
+            # processes from the threads of a thread backend (joblib's rule)
+            self._backend.nesting_level = cfg.nesting_level
         # Inside a worker, a Parallel that did not choose its backend gets the nested one,
         # capped to the worker's share of the CPUs so outer x inner stays within cpu_count.
-        self._nested_cap: int | None = cfg.n_jobs if cfg.nested and is_default(backend) else None
+        self._nested_cap: int | None = (
+            cfg.n_jobs if cfg.nested and (is_default(backend) or backend is None) else None
+        )
         if explicit_limits and not self._backend.supports_transport_hooks:
             raise ValueError(
                 f"{explicit_limits[0]} replaces worker processes and works with the 'loky' and "
@@ -177,6 +197,7 @@ class Parallel:
         self._effective_n_jobs: int | None = None
         self._temp: Any = None
         self._serializer: Any = None
+        self._live_result: weakref.ref[Any] | None = None
 
     # -- backend choice -------------------------------------------------------------
     def _resolve_backend(self, backend: Any, cfg: Any) -> tuple[ParallelBackendBase, int | None]:
@@ -255,6 +276,17 @@ class Parallel:
         )
         self._call_backend = backend
         self._effective_n_jobs = n
+        if self.timeout is not None and not backend.supports_timeout:
+            # joblib's warning (n_jobs=1 and the sequential backend run in the caller's
+            # thread, where a task cannot be interrupted)
+            warnings.warn(
+                f"The backend class {type(backend).__name__!r} does not support timeout. You have "
+                f"set 'timeout={self.timeout:g}' in Parallel but the 'timeout' parameter will not "
+                f"be used: with n_jobs=1 or the sequential backend, tasks run in the caller's "
+                f"thread and cannot be interrupted.",
+                UserWarning,
+                stacklevel=4,
+            )
         return backend, n
 
     def _release(self) -> None:
@@ -277,6 +309,13 @@ class Parallel:
 
     def __exit__(self, *exc: object) -> None:
         self._managed = False
+        live, self._live_result = self._live_result, None
+        result = live() if live is not None else None
+        if self._running and result is not None and hasattr(result, "close"):
+            # Leaving the block with a generator result not exhausted: end that call now
+            # (the batches not started are dropped and not waited for, as in joblib),
+            # rather than when the generator is collected, possibly at interpreter exit.
+            result.close()
         self._release()
 
     # -- the call ---------------------------------------------------------------------
@@ -321,7 +360,7 @@ class Parallel:
             finally:
                 self._running = False
 
-        return par_scheduler.run(
+        result = par_scheduler.run(
             backend,
             iterable,
             n_jobs=n_jobs,
@@ -336,6 +375,9 @@ class Parallel:
             retries=self.retries,
             retry_on=self.retry_on,
         )
+        if self._managed and self.return_as != "list":
+            self._live_result = weakref.ref(result)  # closed by __exit__ if not exhausted
+        return result
 
     def _batch_size_for(self, backend: ParallelBackendBase) -> int | str:
         """``batch_size``, except with automatic batching on process backends: with
