@@ -100,12 +100,18 @@ def test_parallel_config_signature_matches_the_reference() -> None:
         ("require", inspect.Parameter.KEYWORD_ONLY, "default(None)"),
         ("inner_max_num_threads", inspect.Parameter.KEYWORD_ONLY, "None"),
     ]
-    # par adds keyword-only options (progress and the worker options) after the documented ones.
-    additions = ("progress", "max_tasks_per_child", "max_worker_memory", "forward_output")
+    # par adds keyword-only options (progress, the worker options, the failure policy)
+    # after the documented ones.
+    additions = (
+        "progress",
+        "max_tasks_per_child",
+        "max_worker_memory",
+        "forward_output",
+        "on_error",
+        "retries",
+        "retry_on",
+    )
     names = [name for name in params if name not in additions]
-    # par adds keyword-only options (progress, the failure policy) after the documented ones.
-    added = ("progress", "on_error", "retries", "retry_on")
-    names = [name for name in params if name not in added]
     assert names == [name for name, _, _ in spec] + ["backend_params"]
     for name, kind, default_repr in spec:
         assert params[name].kind == kind, name
@@ -313,7 +319,9 @@ def test_backend_params_with_an_instance_are_a_type_error(local_backends: None) 
 
 
 def test_backend_params_without_a_backend_are_a_type_error() -> None:
-    with pytest.raises(ValueError, match=r"unexpected keyword arguments \['max_attempts'\].*need backend=<name>"):
+    with pytest.raises(
+        ValueError, match=r"unexpected keyword arguments \['max_attempts'\].*need backend=<name>"
+    ):
         parallel_config(n_jobs=2, max_attempts=3)
 
 
