@@ -4,6 +4,7 @@ themselves are CI steps)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -24,10 +25,10 @@ def _tool():
 def _package(root: Path, name: str, deps: list[str], optional: dict[str, list[str]] | None = None) -> None:
     folder = root / "packages" / name
     folder.mkdir(parents=True)
-    text = f'[project]\nname = "{name}"\ndependencies = {deps!r}\n'
+    text = f'[project]\nname = "{name}"\ndependencies = {json.dumps(deps)}\n'
     if optional:
-        text += "[project.optional-dependencies]\n" + "".join(f"{k} = {v!r}\n" for k, v in optional.items())
-    (folder / "pyproject.toml").write_text(text.replace("'", '"'))
+        text += "[project.optional-dependencies]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in optional.items())
+    (folder / "pyproject.toml").write_text(text)
 
 
 def test_floors_are_the_highest_lower_bound_of_each_third_party_dependency(tmp_path):
@@ -39,6 +40,15 @@ def test_floors_are_the_highest_lower_bound_of_each_third_party_dependency(tmp_p
     declared = tool.declared_requirements(tmp_path)
     assert [r.name for r in declared["par-b"]] == ["numpy", "cloudpickle", "tqdm"]  # par-a is ours
     assert [r.name for r in tool.declared_requirements(tmp_path, optional=False)["par-b"]] == ["numpy", "cloudpickle"]
+
+
+def test_a_requirement_whose_marker_does_not_hold_has_no_floor_to_check(tmp_path):
+    tool = _tool()
+    _package(tmp_path, "par-a", ["exceptiongroup>=1.1; python_version < '3.11'", "numpy>=1.24"])
+    assert tool.floors(tmp_path, {"python_version": "3.11"}) == {"numpy": "1.24"}
+    assert tool.floors(tmp_path, {"python_version": "3.10"}) == {"exceptiongroup": "1.1", "numpy": "1.24"}
+    here = "exceptiongroup" in tool.floors(tmp_path)  # this interpreter decides by default
+    assert here == (sys.version_info < (3, 11))
 
 
 def test_the_repository_declares_a_floor_for_each_dependency_of_the_default_install():

@@ -77,13 +77,18 @@ def test_extra_requirements(root: Path = REPO) -> list[str]:
     return list(config.get("envs", {}).get("hatch-test", {}).get("extra-dependencies", []))
 
 
-def floors(root: Path = REPO) -> dict[str, str]:
+def floors(root: Path = REPO, environment: dict[str, str] | None = None) -> dict[str, str]:
     """The lowest version each third-party dependency's declared ranges admit (the
     highest of their ``>=``/``==``/``~=`` bounds), by canonical name; what ``lowest``
-    installs (optional dependencies, which it does not install, left out)."""
+    installs (optional dependencies, which it does not install, left out). A requirement
+    whose marker does not hold in ``environment`` (default: this interpreter, the one the
+    runs' virtual environment is made from) is not installed, so it has no floor to check
+    (``exceptiongroup; python_version < '3.11'`` on 3.11)."""
     out: dict[str, str] = {}
     for reqs in declared_requirements(root, optional=False).values():
         for req in reqs:
+            if req.marker is not None and not req.marker.evaluate(environment):
+                continue
             name = canonicalize_name(req.name)
             for spec in req.specifier:
                 if spec.operator in (">=", "==", "~="):
