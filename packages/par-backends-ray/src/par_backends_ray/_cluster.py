@@ -1,10 +1,10 @@
 """A one-node Ray cluster started the way an operator starts one, for tests and benchmarks.
 
 ``LocalCluster(num_cpus=2, object_store_memory=100_000_000)`` runs
-``ray start --head --block`` in a process group of its own, on free loopback ports and
+``ray start --head --block`` in a session of its own, on free loopback ports and
 with a temp dir of its own, so that several clusters (pytest-xdist workers, other
 users of the machine) never share a port or a session. :meth:`LocalCluster.stop` ends
-exactly the processes of that group (``ray stop`` would end every Ray process of the
+exactly the processes of that session (``ray stop`` would end every Ray process of the
 machine, other people's too) and checks that none is left.
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocalCluster"]
+__all__ = ["LocalCluster", "session_members"]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -37,8 +37,9 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of the process group ``pgid`` (Linux ``/proc``)."""
+def session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of the session ``sid`` (Linux ``/proc``). Ray puts its
+    workers in process groups of their own, but they stay in the session."""
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -47,7 +48,7 @@ def _group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[3]) == sid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
 
@@ -103,7 +104,9 @@ class LocalCluster:
             "--metrics-export-port", str(metrics),
             *self.extra_args,
         ]  # fmt: skip
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # RAY_AUTH_MODE=disabled: a loopback test cluster; without it, `ray start` turns
+        # token authentication on whenever ~/.ray/auth_token exists (Ray >= 2.5x)
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
         with open(self.log, "wb") as log:
             self._proc = subprocess.Popen(
@@ -121,14 +124,20 @@ class LocalCluster:
         self.stop()
         raise RuntimeError(f"`ray start --head` did not start within {self.start_timeout} s:\n{tail}")
 
+    @property
+    def session(self) -> int | None:
+        """The session id of the cluster's processes (``os.getsid`` in a task)."""
+        return self._proc.pid if self._proc is not None else None
+
     def pids(self) -> list[int]:
-        """The live processes of the cluster (its process group)."""
-        return _group_members(self._proc.pid) if self._proc is not None else []
+        """The live processes of the cluster (its session: ``ray start`` runs in a new
+        one), workers included."""
+        return session_members(self._proc.pid) if self._proc is not None else []
 
     def stop(self, timeout: float = 30) -> None:
         """End the cluster's processes (SIGTERM to ``ray start --block``, which stops the
-        node's processes; then SIGKILL to what is left of the group) and remove its temp
-        dir. ``RuntimeError`` if a process of the group is still alive afterwards."""
+        node's processes; then SIGKILL to each process left in its session) and remove
+        its temp dir. ``RuntimeError`` if one of them is still alive afterwards."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -141,18 +150,18 @@ class LocalCluster:
                     proc.kill()
                     proc.wait(10)
             deadline = time.monotonic() + timeout
-            while _group_members(proc.pid) and time.monotonic() < deadline:
+            while session_members(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            left = _group_members(proc.pid)
-            if left:
+            left = session_members(proc.pid)
+            for pid in left:
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 deadline = time.monotonic() + 10
-                while _group_members(proc.pid) and time.monotonic() < deadline:
+                while session_members(proc.pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
-            left = _group_members(proc.pid)
+            left = session_members(proc.pid)
             if left:
                 raise RuntimeError(f"Ray processes {left} of the cluster at {self.address} are still alive")
         finally:
