@@ -174,6 +174,12 @@ def test_killed_worker_gives_a_clear_error_not_a_hang(cluster, tmp_path):
     assert "par-pid_then_sleep" in str(error) and "max_retries=0" in str(error)
 
 
+def test_failure_policy_runs_inside_the_ray_tasks(on_ray):
+    # on_error/retries are applied by the scheduler's Guard in the task: nothing to map
+    out = Parallel(on_error="return", batch_size=2)(delayed(fail_at)(i, 2, "/nonexistent") for i in (2,))
+    assert len(out) == 1 and type(out[0]) is LookupError and str(out[0]) == "no item 2"
+
+
 def test_timeout_is_honoured(on_ray):
     with pytest.raises(TimeoutError):
         Parallel(timeout=1, batch_size=1)(delayed(time.sleep)(s) for s in (0.1, 30, 30, 30))
