@@ -140,7 +140,7 @@ def test_unknown_backend_with_nothing_installed() -> None:
     ("name", "package"),
     [
         ("dask", r"par-backends-dask: install it"),
-        ("ray", r"a par backend for ray"),
+        ("ray", r"par-backends-ray: install it"),
         ("spark", r"a par backend for spark"),
         ("loky", r"par-backends-local: install it"),
         ("threading", r"par-backends-local"),

@@ -26,7 +26,7 @@ ENTRY_POINT_GROUP = "par.backends"
 #: name says which package to install.
 KNOWN_BACKEND_PACKAGES = {
     "dask": "par-backends-dask",
-    "ray": "a par backend for ray (none is published yet)",
+    "ray": "par-backends-ray",
     "spark": "a par backend for spark (none is published yet)",
     "loky": "par-backends-local",
     "threading": "par-backends-local",

@@ -1,0 +1,178 @@
+"""A one-node Ray cluster started the way an operator starts one, for tests and benchmarks.
+
+``LocalCluster(num_cpus=2, object_store_memory=100_000_000)`` runs
+``ray start --head --block`` in a session of its own, on free loopback ports and
+with a temp dir of its own, so that several clusters (pytest-xdist workers, other
+users of the machine) never share a port or a session. :meth:`LocalCluster.stop` ends
+exactly the processes of that session (``ray stop`` would end every Ray process of the
+machine, other people's too) and checks that none is left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LocalCluster", "session_members"]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of the session ``sid`` (Linux ``/proc``). Ray puts its
+    workers in process groups of their own, but they stay in the session."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+class LocalCluster:
+    """``ray start --head --block --num-cpus N`` on 127.0.0.1 (see the module docstring).
+
+    Use it as a context manager or call :meth:`start` and :meth:`stop`. ``address`` is
+    ``'127.0.0.1:PORT'``, for ``ray.init(address=...)``, ``RAY_ADDRESS`` or
+    ``parallel_config(backend='ray', address=...)``; ``log`` is the file holding the
+    output of ``ray start``.
+    """
+
+    def __init__(
+        self,
+        num_cpus: int = 2,
+        object_store_memory: int = 100_000_000,
+        start_timeout: float = 120,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.num_cpus = num_cpus
+        self.object_store_memory = object_store_memory
+        self.start_timeout = start_timeout
+        self.extra_args = list(extra_args or [])
+        self.address: str | None = None
+        self.temp_dir: str | None = None
+        self.log: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalCluster:
+        """Start the head node; return when it accepts drivers (``RuntimeError`` with the
+        end of its log if it does not within ``start_timeout`` seconds)."""
+        # short: Ray's unix sockets live under it (a path is at most 107 bytes)
+        self.temp_dir = tempfile.mkdtemp(prefix="par-ray-", dir="/tmp")
+        self.log = Path(self.temp_dir) / "ray-start.log"
+        gcs, node_manager, object_manager, agent, agent_grpc, env_agent, metrics = _free_ports(7)
+        self.address = f"127.0.0.1:{gcs}"
+        ray = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+        args = [
+            *ray, "start", "--head", "--block",
+            "--node-ip-address", "127.0.0.1",
+            "--port", str(gcs),
+            "--num-cpus", str(self.num_cpus),
+            "--object-store-memory", str(self.object_store_memory),
+            "--temp-dir", self.temp_dir,
+            "--include-dashboard", "false",
+            "--disable-usage-stats",
+            "--node-manager-port", str(node_manager),
+            "--object-manager-port", str(object_manager),
+            "--dashboard-agent-listen-port", str(agent),
+            "--dashboard-agent-grpc-port", str(agent_grpc),
+            "--runtime-env-agent-port", str(env_agent),
+            "--metrics-export-port", str(metrics),
+            *self.extra_args,
+        ]  # fmt: skip
+        # RAY_AUTH_MODE=disabled: a loopback test cluster; without it, `ray start` turns
+        # token authentication on whenever ~/.ray/auth_token exists (Ray >= 2.5x)
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        with open(self.log, "wb") as log:
+            self._proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if "Ray runtime started" in text:
+                return self
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = self.log.read_text(errors="replace")[-4000:]
+        self.stop()
+        raise RuntimeError(f"`ray start --head` did not start within {self.start_timeout} s:\n{tail}")
+
+    @property
+    def session(self) -> int | None:
+        """The session id of the cluster's processes (``os.getsid`` in a task)."""
+        return self._proc.pid if self._proc is not None else None
+
+    def pids(self) -> list[int]:
+        """The live processes of the cluster (its session: ``ray start`` runs in a new
+        one), workers included."""
+        return session_members(self._proc.pid) if self._proc is not None else []
+
+    def stop(self, timeout: float = 30) -> None:
+        """End the cluster's processes (SIGTERM to ``ray start --block``, which stops the
+        node's processes; then SIGKILL to each process left in its session) and remove
+        its temp dir. ``RuntimeError`` if one of them is still alive afterwards."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+            deadline = time.monotonic() + timeout
+            while session_members(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            left = session_members(proc.pid)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                deadline = time.monotonic() + 10
+                while session_members(proc.pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            left = session_members(proc.pid)
+            if left:
+                raise RuntimeError(f"Ray processes {left} of the cluster at {self.address} are still alive")
+        finally:
+            if self.temp_dir is not None:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"LocalCluster(address={self.address!r}, num_cpus={self.num_cpus})"

@@ -1,0 +1,151 @@
+"""Worker side: what one Ray task of par runs.
+
+A batch (``par_api.BatchedCalls``) runs in a Ray task as :func:`run_batch`. Arguments put
+into the object store by the driver (:mod:`par_backends_ray._arguments`) arrive as
+top-level arguments of the task, which Ray resolves to their values before the task
+starts; :class:`Slot` placeholders in the batch's tasks name them.
+
+**Nested calls.** Ray gives back the CPU of a task only while the task's *own thread*
+is blocked in ``ray.get``/``ray.wait``; a task waiting in any other way (the par
+scheduler waits on a condition variable) keeps its CPU, so parents waiting for their
+children could hold every CPU of the cluster while the children queue (a deadlock).
+So the batch runs in a thread of the task (``par-ray-batch``), and the task's own thread
+waits for it: while a ``Parallel`` call made by the batch on Ray has batches pending,
+the task's thread waits for them in ``ray.wait`` (Ray releases the task's CPU for that
+time, and the children run on it); otherwise it waits for the batch thread on an event
+(the CPU is in use). ``ray.cancel`` of a running task interrupts the task's thread
+(``KeyboardInterrupt``); it is passed on to the batch thread
+(``PyThreadState_SetAsyncExc``, at its next Python instruction).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any
+
+import ray
+from par_api import Task
+
+__all__ = ["Slot", "Waiter", "current_waiter", "run_batch"]
+
+#: How long the task's thread waits before it looks again at what the batch waits for
+#: (a new nested call, or the batch's end, wake it earlier through an event).
+_LOOK_AGAIN = 0.5
+
+
+class Slot:
+    """Placeholder for the ``index``-th object-store value passed to :func:`run_batch`."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Slot, (self.index,))
+
+    def __repr__(self) -> str:
+        return f"Slot({self.index})"
+
+
+class Waiter:
+    """The ObjectRefs that nested par calls of the running batch wait for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: dict[Any, None] = {}
+        self.changed = threading.Event()
+        self.done = threading.Event()
+
+    def add(self, ref: Any) -> None:
+        with self._lock:
+            self._refs[ref] = None
+        self.changed.set()
+
+    def discard(self, refs: Any) -> None:
+        with self._lock:
+            for ref in refs:
+                self._refs.pop(ref, None)
+
+    def pending(self) -> list[Any]:
+        with self._lock:
+            return list(self._refs)
+
+
+#: The waiter of the batch running in this worker process (a Ray worker runs one task
+#: at a time), None outside a par task.
+_current: Waiter | None = None
+
+
+def current_waiter() -> Waiter | None:
+    """The waiter of the par batch running in this process, if any."""
+    return _current
+
+
+def _fill(batch: Any, values: tuple[Any, ...]) -> Any:
+    """The batch with its :class:`Slot` placeholders replaced by ``values``."""
+    if not values:
+        return batch
+
+    def fill(arg: Any) -> Any:
+        return values[arg.index] if type(arg) is Slot else arg
+
+    tasks = [
+        Task(func, tuple(fill(a) for a in args), {k: fill(v) for k, v in kwargs.items()})
+        for func, args, kwargs in batch.tasks
+    ]
+    return type(batch)(tasks, batch.nested, batch.index)
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise ``KeyboardInterrupt`` in ``thread`` at its next Python instruction."""
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+
+
+def run_batch(batch: Any, *values: Any) -> list[Any]:
+    """Run ``batch`` (with its placeholders filled) in a thread; wait for it as the
+    module docstring says. Returns the batch's results or raises its exception."""
+    global _current
+    batch = _fill(batch, values)
+    waiter = Waiter()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["results"] = batch()
+        except BaseException as exc:  # re-raised in the task's thread
+            outcome["error"] = exc
+        finally:
+            waiter.done.set()
+            waiter.changed.set()
+
+    previous, _current = _current, waiter
+    thread = threading.Thread(target=target, name="par-ray-batch", daemon=True)
+    try:
+        thread.start()
+        while not waiter.done.is_set():
+            waiter.changed.clear()
+            refs = waiter.pending()
+            if refs:
+                # blocked here, Ray lends this task's CPU to the nested batches
+                ready, _ = ray.wait(refs, num_returns=1, timeout=_LOOK_AGAIN, fetch_local=False)
+                waiter.discard(ready)
+            else:
+                waiter.changed.wait(_LOOK_AGAIN)
+    except BaseException:  # ray.cancel (KeyboardInterrupt) or a worker shutting down
+        _interrupt(thread)
+        thread.join(10)
+        raise
+    finally:
+        _current = previous
+    thread.join()
+    if "error" in outcome:
+        error = outcome.pop("error")
+        try:
+            raise error
+        finally:
+            del error
+    results: list[Any] = outcome["results"]
+    return results

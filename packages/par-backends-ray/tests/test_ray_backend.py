@@ -1,0 +1,302 @@
+"""RayBackend, first without a cluster (arguments, the object-store cache, errors), then
+against a real one-node cluster started with ``ray start --head --num-cpus 2`` (a small
+object store, a temp dir and ports of its own), shared by this module's tests and ended
+at the end of the module, with a check that none of its processes is left.
+
+The backend is driven directly with par_api.BatchedCalls (the par scheduler and Parallel
+are not dependencies of this package; tests-integration/test_ray_cluster.py covers them).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import CancelledError
+
+import pytest
+import ray
+import ray.exceptions
+from par_api import BatchedCalls, RemoteTraceback, Task, WorkerDiedError, available_backends, make_backend
+from par_backends_ray import DEFAULT_PUT_THRESHOLD, LocalCluster, RayBackend
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+
+
+def one(func, *args, **kwargs):
+    return BatchedCalls([Task(func, args, kwargs)])
+
+
+# -- without a cluster -------------------------------------------------------------------
+def test_ray_registered_through_entry_point():
+    assert "ray" in available_backends()
+    backend = make_backend("ray", put_threshold="2M", address="127.0.0.1:1", num_cpus=2)
+    assert isinstance(backend, RayBackend)
+    assert backend.put_threshold == 2 * 1024**2
+    assert backend.ray_options == {"num_cpus": 2}
+    assert RayBackend().put_threshold == DEFAULT_PUT_THRESHOLD
+    assert not ray.is_initialized()  # nothing starts before the backend is configured
+
+
+def test_ray_capability_flags():
+    b = RayBackend()
+    assert (b.supports_timeout, b.supports_return_generator, b.supports_auto_batching) == (True,) * 3
+    assert (b.uses_threads, b.supports_sharedmem, b.supports_transport_hooks) == (False,) * 3
+    assert not b.supports_inner_max_num_threads
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"address": 6379}, TypeError, "address must be the address of a Ray cluster"),
+        ({"put_threshold": "lots"}, ValueError, "put_threshold='lots' is not a size"),
+        ({"put_threshold": -1}, ValueError, "put_threshold must be a finite size >= 0"),
+        ({"init_kwargs": {"address": "x"}}, TypeError, "init_kwargs must be a dict of ray.init"),
+        ({"bogus": 1}, TypeError, r"invalid Ray task options \['bogus'\].*num_cpus=.*max_retries="),
+        ({"num_cpus": "two"}, TypeError, r"invalid Ray task options \['num_cpus'\]"),
+        ({"name": "x"}, TypeError, r"sets the Ray task options \['name'\] itself"),
+    ],
+)
+def test_ray_bad_arguments_name_the_parameter(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RayBackend(**kwargs)
+
+
+def test_ray_backend_pickles_without_ray_objects():
+    b = RayBackend(address="10.0.0.5:6379", put_threshold=None, num_cpus=2, max_retries=0)
+    c = pickle.loads(pickle.dumps(b))
+    assert (c.address, c.put_threshold, c.ray_options) == ("10.0.0.5:6379", None, b.ray_options)
+    nested, n_jobs = b.get_nested_backend()
+    assert isinstance(nested, RayBackend) and n_jobs is None
+    assert nested.nesting_level == 1 and nested.address is None  # the worker's runtime
+    assert nested.ray_options == {"num_cpus": 2, "max_retries": 0}
+
+
+def test_arguments_large_put_once_repeated_put_on_second_sight():
+    from par_backends_ray._arguments import CallArguments
+    from par_backends_ray._task import Slot, _fill
+
+    stored = []
+
+    def put(obj):
+        stored.append(obj)
+        return f"ref{len(stored)}"
+
+    big = bytearray(2000)
+    repeated = [object()] * 20  # not small, size unknown
+    args = CallArguments(put, threshold=1000)
+    b1, refs1 = args.prepare(BatchedCalls([Task(len, (big, repeated, 3), {})]))
+    assert refs1 == ["ref1"] and stored == [big]  # big at once; repeated not yet
+    assert type(b1.tasks[0][1][0]) is Slot and b1.tasks[0][1][1] is repeated
+    b2, refs2 = args.prepare(BatchedCalls([Task(len, (big,), {"x": repeated}), Task(len, (big,), {})]))
+    assert refs2 == ["ref1", "ref2"] and stored == [big, repeated]  # big reused; repeated put now
+    placed = [a for t in b2.tasks for a in (*t[1], *t[2].values())]
+    assert [type(a) for a in placed] == [Slot] * 3 and [a.index for a in placed] == [0, 1, 0]
+    filled = _fill(b2, (big, repeated))
+    assert filled.tasks[0][1][0] is big and filled.tasks[0][2]["x"] is repeated
+    assert (args.n_put, args.bytes_put) == (2, 2000)
+    args.clear()
+    none = CallArguments(put, threshold=None)
+    batch = BatchedCalls([Task(len, (big,), {})])
+    assert none.prepare(batch) == (batch, [])
+
+
+def test_remote_error_keeps_its_type_and_the_worker_traceback():
+    from par_backends_ray.backend import _original
+
+    tb = "Traceback (most recent call last):\n  File \"job.py\", line 3, in f\n    raise KeyError(7)\nKeyError: 7"
+    error = ray.exceptions.RayTaskError(
+        "f", "\x1b[36mray::f()\x1b[39m\n" + tb, KeyError(7), proctitle="ray::f", pid=1, ip="127.0.0.1"
+    )
+    raised = error.as_instanceof_cause()
+    original = _original(raised)
+    assert type(original) is KeyError and original.args == (7,)
+    assert isinstance(original.__cause__, RemoteTraceback)
+    assert 'File "job.py", line 3, in f' in original.__cause__.tb
+    assert "\x1b[" not in original.__cause__.tb
+
+
+# -- on a cluster started as an operator starts one -----------------------------------
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = LocalCluster(num_cpus=2, object_store_memory=100_000_000)
+    cluster.start()
+    try:
+        ray.init(address=cluster.address, logging_level="WARNING")
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.stop()  # raises if one of its processes is left
+        assert cluster.pids() == []
+
+
+@pytest.fixture()
+def backend(cluster):
+    backend = RayBackend()
+    assert backend.configure(n_jobs=-1) == 2
+    yield backend
+    backend.terminate()
+
+
+def run_batches(backend, batches, timeout=60):
+    """Submit batches as the par scheduler does; return their results (or raise)."""
+    done = []
+    lock = threading.Lock()
+
+    def callback(out):
+        with lock:
+            done.append(out)
+
+    backend.start_call()
+    try:
+        outs = [backend.submit(b, callback=callback) for b in batches]
+        results = [backend.retrieve_result(out, timeout=timeout) for out in outs]
+        deadline = time.monotonic() + timeout
+        while len(done) < len(outs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(id(o) for o in done) == sorted(id(o) for o in outs)  # each callback once
+        return results
+    finally:
+        backend.stop_call()
+
+
+# Functions run on the workers, defined in a closure so that Ray pickles them by value:
+# the workers cannot import this test module.
+def _worker_functions():
+    def fails(x):
+        raise LookupError(f"task failed on {x!r}")
+
+    def info(a, b=None):
+        return type(a).__name__, getattr(a, "nbytes", None), os.getpid()
+
+    def pid_then_sleep(path, seconds):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(seconds)
+        return "finished"
+
+    def sleep_then(x, seconds):
+        time.sleep(seconds)
+        return x
+
+    return fails, info, pid_then_sleep, sleep_then
+
+
+fails, info, pid_then_sleep, sleep_then = _worker_functions()
+
+
+def test_ray_effective_n_jobs_counts_cluster_cpus(cluster):
+    backend = RayBackend()
+    assert backend.effective_n_jobs(-1) == 2
+    assert backend.effective_n_jobs(None) == 2
+    assert backend.effective_n_jobs(-2) == 1
+    assert backend.effective_n_jobs(-5) == 1
+    assert backend.effective_n_jobs(7) == 7
+    assert RayBackend(num_cpus=2).effective_n_jobs(-1) == 1
+    with pytest.raises(ValueError, match="n_jobs=0"):
+        backend.effective_n_jobs(0)
+
+
+def test_ray_runs_batches_in_order_and_keeps_types(backend):
+    batches = [BatchedCalls([Task(pow, (i, 2), {}) for i in range(j, j + 3)], None, j) for j in (0, 3, 6)]
+    assert run_batches(backend, batches) == [[0, 1, 4], [9, 16, 25], [36, 49, 64]]
+    values = [{"a": (1, 2.5)}, frozenset({3}), b"x", None, 10**30, complex(1, 2)]
+    out = run_batches(backend, [BatchedCalls([Task(lambda v: v, (v,), {}) for v in values])])
+    assert out == [values] and [type(v) for v in out[0]] == [type(v) for v in values]
+
+
+def test_ray_task_error_keeps_type_and_remote_traceback(backend):
+    backend.start_call()
+    try:
+        out = backend.submit(one(fails, 7))
+        with pytest.raises(LookupError, match="task failed on 7") as info_:
+            backend.retrieve_result(out, timeout=60)
+    finally:
+        backend.stop_call()
+    assert type(info_.value) is LookupError
+    text = "".join(traceback.format_exception(info_.value))
+    assert "in fails" in text  # the worker's frame
+    assert 'raise LookupError(f"task failed on {x!r}")' in text
+
+
+def test_ray_large_argument_is_put_once_per_call(backend):
+    big = bytes(5 * 1024**2)
+    batches = [BatchedCalls([Task(info, (big,), {"b": i})]) for i in range(10)]
+    results = run_batches(backend, batches)
+    assert [r[0][:2] for r in results] == [("bytes", None)] * 10
+    assert (backend.n_put, backend.bytes_put) == (1, len(big))
+    run_batches(backend, batches)  # a new call puts it again, once
+    assert (backend.n_put, backend.bytes_put) == (2, 2 * len(big))
+
+
+def test_ray_abort_cancels_pending_tasks(backend):
+    backend.start_call()
+    running = [backend.submit(one(sleep_then, i, 2)) for i in range(2)]  # take both CPUs
+    time.sleep(0.5)
+    queued = [backend.submit(one(sleep_then, i, 2)) for i in range(6)]
+    t0 = time.monotonic()
+    backend.abort_everything(ensure_ready=True)
+    backend.stop_call()
+    for out in running + queued:
+        with pytest.raises(CancelledError):
+            backend.retrieve_result(out, timeout=30)
+    # none of the queued tasks ran 2 s after another: cancelled, not drained
+    assert time.monotonic() - t0 < 10
+    assert run_batches(backend, [one(abs, -1)]) == [[1]]  # the backend still works
+
+
+def test_ray_nested_call_does_not_deadlock_on_a_full_cluster(backend):
+    # two outer tasks take both CPUs, each runs its own Parallel-like loop through a
+    # nested backend: the children can only run on the CPUs the parents give back
+    def outer(n):
+        from par_backends_ray import RayBackend as Nested
+        from par_backends_ray import in_ray_task
+
+        nested = Nested()
+        assert in_ray_task()
+        nested.configure(n_jobs=-1)
+        nested.start_call()
+        try:
+            outs = [nested.submit(BatchedCalls([Task(pow, (i, 2), {})])) for i in range(n)]
+            return sum(nested.retrieve_result(out, timeout=60)[0] for out in outs)
+        finally:
+            nested.stop_call()
+
+    results = run_batches(backend, [one(outer, 10), one(outer, 20)], timeout=90)
+    assert results == [[285], [2470]]
+
+
+def test_ray_killed_worker_raises_worker_died_error(cluster, tmp_path):
+    backend = RayBackend(max_retries=0)
+    backend.configure(n_jobs=2)
+    path = tmp_path / "pid"
+    backend.start_call()
+    try:
+        out = backend.submit(one(pid_then_sleep, str(path), 60))
+        deadline = time.monotonic() + 60
+        while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(int(path.read_text()), signal.SIGKILL)
+        with pytest.raises(WorkerDiedError, match=r"The Ray worker running the par batch par-pid_then_sleep"):
+            backend.retrieve_result(out, timeout=60)
+    finally:
+        backend.stop_call()
+    # Ray's default retries: a killed worker's batch runs again elsewhere
+    retried = RayBackend(max_retries=1)
+    retried.configure(n_jobs=2)
+    path.unlink()
+    retried.start_call()
+    try:
+        out = retried.submit(one(pid_then_sleep, str(path), 1))
+        deadline = time.monotonic() + 60
+        while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = int(path.read_text())
+        os.kill(first, signal.SIGKILL)
+        assert retried.retrieve_result(out, timeout=60) == ["finished"]
+        assert int(path.read_text()) != first
+    finally:
+        retried.stop_call()
