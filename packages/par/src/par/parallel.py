@@ -9,6 +9,7 @@ serializer + thread limits from ``par_threadlimits``) and hands the iterable to
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,7 @@ from par_api import (
 )
 from par_scheduler import ProgressEvent
 
+from ._aio import ParallelGenerator, loop_running_here
 from .progress import TqdmLike, check_progress, make_progress_listener
 
 
@@ -228,6 +230,20 @@ class Parallel:
 
     # -- the call ---------------------------------------------------------------------
     def __call__(self, iterable: Iterable[TaskTuple]) -> list[Any] | Iterator[Any]:
+        """Run the tasks; with ``return_as='generator'``/``'generator_unordered'`` the
+        result is a :class:`ParallelGenerator`, usable with ``for`` and ``async for``."""
+        return self._call(iterable, self.return_as, driven=loop_running_here())
+
+    async def acall(self, iterable: Iterable[TaskTuple]) -> list[Any]:
+        """``await parallel.acall(tasks)``: the list of results, in task order, without
+        blocking the event loop (the call runs in a thread of its own, which also reads
+        ``iterable`` lazily). Cancelling the awaiting task aborts the call as an error
+        does. Whatever ``return_as`` is, a list is returned."""
+        gen = self._call(iterable, "generator", driven=True)
+        assert isinstance(gen, ParallelGenerator)
+        return await gen.collect()
+
+    def _call(self, iterable: Iterable[TaskTuple], return_as: str, driven: bool) -> list[Any] | Iterator[Any]:
         with self._lock:
             if self._running:
                 raise RuntimeError(
@@ -268,18 +284,24 @@ class Parallel:
             finally:
                 self._running = False
 
-        return par_scheduler.run(
+        run = functools.partial(
+            par_scheduler.run,
             backend,
             iterable,
             n_jobs=n_jobs,
             batch_size=self.batch_size,
             pre_dispatch=self.pre_dispatch,
-            return_as=self.return_as,
+            return_as=return_as,
             timeout=self.timeout,
             listeners=listeners,
             ensure_ready=self._managed,
             on_finish=on_finish,
         )
+        if return_as == "list":
+            return run()  # type: ignore[no-any-return]
+        if driven:  # an event loop runs in this thread: never block it, even to start
+            return ParallelGenerator(start=run)  # type: ignore[arg-type]
+        return ParallelGenerator(run())  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
