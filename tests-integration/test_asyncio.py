@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import pytest
-
 from par import Parallel, ParallelGenerator, delayed
 
 BACKENDS = ["sequential", "threading", "loky", "multiprocessing"]

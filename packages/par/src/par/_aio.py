@@ -26,7 +26,7 @@ import atexit
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any
 
@@ -34,6 +34,7 @@ import par_scheduler
 
 __all__ = ["ParallelGenerator", "loop_running_here"]
 
+_Gen = Generator[Any, None, None]
 _END: Any = object()
 _NEXT, _COLLECT, _CLOSE = "next", "collect", "close"
 
@@ -63,11 +64,11 @@ def _deliver(fut: Future[Any], value: Any = None, exc: BaseException | None = No
 class _Driver:
     """The thread that owns one call's synchronous generator."""
 
-    def __init__(self, start: Callable[[], Iterator[Any]]) -> None:
+    def __init__(self, start: Callable[[], _Gen]) -> None:
         self._requests: queue.SimpleQueue[tuple[str, Future[Any]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._done = False
-        self._gen: Iterator[Any] | None = None
+        self._gen: _Gen | None = None
         self.finished: Future[None] = Future()
         self._thread = threading.Thread(target=self._main, args=(start,), name="par-aio-driver", daemon=True)
         _DRIVERS.add(self)
@@ -101,8 +102,8 @@ class _Driver:
             self._thread.join(timeout)
 
     # -- the driver thread ------------------------------------------------------------
-    def _main(self, start: Callable[[], Iterator[Any]]) -> None:
-        gen: Iterator[Any] | None = None
+    def _main(self, start: Callable[[], _Gen]) -> None:
+        gen: _Gen | None = None
         start_error: BaseException | None = None
         try:
             try:
@@ -188,14 +189,14 @@ class ParallelGenerator(Generator[Any, None, None]):
 
     __slots__ = ("__weakref__", "_driver", "_finalizer", "_gen")
 
-    def __init__(self, gen: Iterator[Any] | None = None, start: Callable[[], Iterator[Any]] | None = None) -> None:
+    def __init__(self, gen: _Gen | None = None, start: Callable[[], _Gen] | None = None) -> None:
         self._gen = gen
         self._driver: _Driver | None = None
         self._finalizer: Any = None
         if start is not None:
             self._start_driver(start)
 
-    def _start_driver(self, start: Callable[[], Iterator[Any]]) -> _Driver:
+    def _start_driver(self, start: Callable[[], _Gen]) -> _Driver:
         driver = self._driver = _Driver(start)
         self._gen = None  # owned by the driver from now on
         # Dropped unfinished: close the call without blocking the collecting thread.
@@ -228,10 +229,10 @@ class ParallelGenerator(Generator[Any, None, None]):
             raise StopIteration
         return result
 
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:  # type: ignore[override]
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         if self._driver is None:
             assert self._gen is not None
-            return self._gen.throw(typ, val, tb)  # type: ignore[attr-defined]
+            return self._gen.throw(typ, val, tb)
         exc = typ if isinstance(typ, BaseException) else typ() if val is None else val
         self._abort(exc)
         raise exc
@@ -239,7 +240,7 @@ class ParallelGenerator(Generator[Any, None, None]):
     def close(self) -> None:
         if self._driver is None:
             if self._gen is not None:
-                self._gen.close()  # type: ignore[attr-defined]
+                self._gen.close()
             return
         self._driver.close_and_join()
 

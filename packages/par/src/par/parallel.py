@@ -298,7 +298,7 @@ class Parallel:
             on_finish=on_finish,
         )
         if return_as == "list":
-            return run()  # type: ignore[no-any-return]
+            return run()
         if driven:  # an event loop runs in this thread: never block it, even to start
             return ParallelGenerator(start=run)  # type: ignore[arg-type]
         return ParallelGenerator(run())  # type: ignore[arg-type]
