@@ -691,7 +691,10 @@ def interrupt(generator: Iterator[Any], exc: BaseException) -> bool:
     running in the consuming thread (sequential backend) ends first. Returns False when
     ``generator`` is not such a generator (or the call is over: then it does nothing).
     """
-    hook = _INTERRUPTS.get(generator)
+    try:
+        hook = _INTERRUPTS.get(generator)
+    except TypeError:  # not weak-referenceable: not one of ours
+        return False
     if hook is None:
         return False
     hook(exc)
