@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -137,9 +138,11 @@ def test_the_same_generator_works_with_plain_for_inside_a_coroutine(no_thread_le
 
 
 @pytest.mark.timeout(60)
-def test_a_generator_made_outside_any_loop_is_also_an_async_iterator(no_thread_leak):
-    gen = Parallel(n_jobs=2, backend="threading", return_as="generator")(delayed(square)(i) for i in range(10))
-    first = next(gen)
+def test_a_generator_made_outside_any_loop_is_joblibs_and_can_be_wrapped(no_thread_leak):
+    plain = Parallel(n_jobs=2, backend="threading", return_as="generator")(delayed(square)(i) for i in range(10))
+    assert isinstance(plain, types.GeneratorType)  # as in joblib (and the spec's example)
+    first = next(plain)
+    gen = ParallelGenerator(plain)
 
     async def main():
         return [r async for r in gen]

@@ -180,11 +180,12 @@ class ParallelGenerator(Generator[Any, None, None]):
     """The results of ``Parallel(return_as='generator' | 'generator_unordered')(...)``.
 
     A generator (``next``, ``for``, ``close``) and an async iterator (``async for``,
-    ``aclose``). Created in a thread where an event loop runs (a coroutine, a Jupyter
-    cell), the call runs in a driver thread of its own from the start, so neither the
-    iteration nor the reading of the tasks ever blocks the loop; created elsewhere, it
-    is the scheduler's generator, and a driver thread is started at the first
-    ``async for`` step.
+    ``aclose``). ``Parallel`` returns one when called in a thread where an event loop
+    runs (a coroutine, a Jupyter cell): the call runs in a driver thread of its own from
+    the start, so neither the iteration nor the reading of the tasks ever blocks the
+    loop. Called elsewhere, ``Parallel`` returns the plain generator (joblib's type);
+    ``ParallelGenerator(gen)`` wraps such a generator, and a driver thread takes it over
+    at the first ``async for`` step.
     """
 
     __slots__ = ("__weakref__", "_driver", "_finalizer", "_gen")

@@ -230,8 +230,11 @@ class Parallel:
 
     # -- the call ---------------------------------------------------------------------
     def __call__(self, iterable: Iterable[TaskTuple]) -> list[Any] | Iterator[Any]:
-        """Run the tasks; with ``return_as='generator'``/``'generator_unordered'`` the
-        result is a :class:`ParallelGenerator`, usable with ``for`` and ``async for``."""
+        """Run the tasks. With ``return_as='generator'``/``'generator_unordered'``, called
+        where an event loop runs in this thread (a coroutine, a Jupyter cell), the result
+        is a :class:`ParallelGenerator`, usable with ``for`` and ``async for``; elsewhere
+        it is a plain generator, as in joblib (``ParallelGenerator(gen)`` makes it
+        async-iterable)."""
         return self._call(iterable, self.return_as, driven=loop_running_here())
 
     async def acall(self, iterable: Iterable[TaskTuple]) -> list[Any]:
@@ -297,11 +300,10 @@ class Parallel:
             ensure_ready=self._managed,
             on_finish=on_finish,
         )
-        if return_as == "list":
-            return run()
-        if driven:  # an event loop runs in this thread: never block it, even to start
+        if driven and return_as != "list":
+            # An event loop runs in this thread: never block it, not even to start.
             return ParallelGenerator(start=run)  # type: ignore[arg-type]
-        return ParallelGenerator(run())  # type: ignore[arg-type]
+        return run()  # no loop here: joblib's plain generator (or list)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_jobs={self.n_jobs})"
