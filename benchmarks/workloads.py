@@ -343,6 +343,99 @@ def w_generator_unordered(lib: str, p: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _heartbeat_lateness(run: Callable[[], Any], interval: float = 0.001) -> tuple[Any, float, list[float]]:
+    """Run the coroutine function ``run`` in a fresh event loop next to a heartbeat that
+    sleeps ``interval`` seconds in a loop and records how late each wake-up is (s).
+    Returns (result of run, its wall time, the lateness samples)."""
+    import asyncio
+
+    late: list[float] = []
+
+    async def heartbeat(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(interval)
+            late.append(time.perf_counter() - t - interval)
+
+    async def main() -> tuple[Any, float]:
+        stop = asyncio.Event()
+        beat = asyncio.ensure_future(heartbeat(stop))
+        await asyncio.sleep(0.01)  # the heartbeat is running
+        t0 = time.perf_counter()
+        result = await run()
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        await beat
+        return result, elapsed
+
+    result, elapsed = asyncio.run(main())
+    return result, elapsed, late
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def w_asyncio_heartbeat(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``tasks`` tasks of ``task_s`` on n_jobs=2 while a coroutine sleeps 1 ms in a loop.
+
+    par: ``await Parallel(...).acall(tasks)`` and ``async for`` over
+    ``return_as='generator_unordered'``: p99 lateness of the heartbeat and throughput
+    against the plain synchronous call (no loop). Both libraries: the same heartbeat while
+    a plain synchronous ``Parallel`` call runs in the loop's thread (what users have
+    today; the heartbeat only wakes after it)."""
+    out: dict[str, float] = {}
+    m = api(lib)
+    n, task_s = p["tasks"], p["task_s"]
+    expected = [task_s] * n
+
+    def tasks() -> Iterator[Any]:
+        return (m.delayed(sleep_task)(task_s) for _ in range(n))
+
+    def sync_call() -> float:
+        gc.collect()
+        t0 = time.perf_counter()
+        assert m.Parallel(n_jobs=N_JOBS)(tasks()) == expected
+        return time.perf_counter() - t0
+
+    warm_up(m)
+    sync_before = sync_call()
+
+    async def blocking() -> Any:
+        return m.Parallel(n_jobs=N_JOBS)(tasks())
+
+    res, _, late = _heartbeat_lateness(blocking)
+    assert res == expected
+    out["blocking_p99_late_ms"] = _percentile(late, 0.99) * 1e3
+    out["blocking_max_late_ms"] = max(late) * 1e3
+    if lib != "par":
+        out["sync_s"] = sync_before
+        return out
+
+    async def awaited() -> Any:
+        return await m.Parallel(n_jobs=N_JOBS).acall(tasks())
+
+    res, async_s, late = _heartbeat_lateness(awaited)
+    assert res == expected
+    out["acall_s"] = async_s
+    out["acall_p99_late_ms"] = _percentile(late, 0.99) * 1e3
+    out["heartbeats"] = float(len(late))
+
+    async def iterated() -> Any:
+        return [r async for r in m.Parallel(n_jobs=N_JOBS, return_as="generator_unordered")(tasks())]
+
+    res, async_s, late = _heartbeat_lateness(iterated)
+    assert res == expected
+    out["async_for_s"] = async_s
+    out["async_for_p99_late_ms"] = _percentile(late, 0.99) * 1e3
+    # the synchronous reference: the mean of a call before and one after the async ones
+    sync_s = out["sync_s"] = (sync_before + sync_call()) / 2
+    out["acall_over_sync"] = out["acall_s"] / sync_s
+    out["async_for_over_sync"] = async_s / sync_s
+    return out
+
+
 def w_scaling(lib: str, p: dict[str, Any]) -> dict[str, float]:
     """``micro`` at growing sizes: the cost per task (µs) at each size."""
     out: dict[str, float] = {}
@@ -713,6 +806,30 @@ _W: list[Workload] = [
         {"tasks": 6, "max_s": 0.02},
         {"first_result_s": Metric(S), "total_s": Metric(S), "ideal_total_s": Metric(S, chart=False)},
         (Target("first_result_s", "ratio", "<=", 0.9),),
+    ),
+    Workload(
+        "asyncio_heartbeat",
+        w_asyncio_heartbeat,
+        {"tasks": 1_000, "task_s": 0.005},
+        {"tasks": 40, "task_s": 0.005},
+        {
+            "sync_s": Metric(S),
+            "acall_s": Metric(S),
+            "async_for_s": Metric(S),
+            "acall_over_sync": Metric("x", chart=False),
+            "async_for_over_sync": Metric("x", chart=False),
+            "acall_p99_late_ms": Metric("ms"),
+            "async_for_p99_late_ms": Metric("ms"),
+            "blocking_p99_late_ms": Metric("ms"),
+            "blocking_max_late_ms": Metric("ms", chart=False),
+            "heartbeats": Metric("beats", lower_is_better=False, chart=False),
+        },
+        (
+            Target("acall_p99_late_ms", "par", "<=", 5.0),
+            Target("async_for_p99_late_ms", "par", "<=", 5.0),
+            Target("acall_over_sync", "par", "<=", 1.05),
+            Target("async_for_over_sync", "par", "<=", 1.05),
+        ),
     ),
     Workload(
         "scaling",

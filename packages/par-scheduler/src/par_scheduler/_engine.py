@@ -53,6 +53,7 @@ import gc
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, nullcontext
@@ -772,6 +773,12 @@ class _Call:
             )
         return msg
 
+    def interrupt(self, exc: BaseException) -> None:
+        """Fail the call with ``exc`` from any thread: the consumer waiting for a result
+        is woken and raises ``exc``, which aborts the call as a task error does."""
+        with self._lock:
+            self._fail_locked(exc)
+
     # -- helpers (lock held) ----------------------------------------------------------
     def _fail_locked(self, exc: BaseException) -> None:
         """Record the first error and stop dispatching; later errors are dropped."""
@@ -929,6 +936,7 @@ def run(
     collect = policy.on_error == "collect"
     if return_as != "list":
         gen = _generate(call, collect)
+        _INTERRUPTS[gen] = call.interrupt
         next(gen)
         return gen
     try:
@@ -941,3 +949,28 @@ def run(
     if collect and call.failures:
         raise exception_group(list(call.failures), len(out), out)
     return out
+
+
+# -- interrupt: a separate addition used by par's asyncio support ------------------------
+_INTERRUPTS: weakref.WeakKeyDictionary[Any, Callable[[BaseException], None]] = weakref.WeakKeyDictionary()
+
+
+def interrupt(generator: Iterator[Any], exc: BaseException) -> bool:
+    """Abort, from any thread, a call whose generator another thread is consuming.
+
+    ``generator`` is one returned by :func:`run` (``return_as='generator'`` or
+    ``'generator_unordered'``). The thread blocked in ``next(generator)`` is woken and
+    ``next`` raises ``exc``; the call is aborted as on a task error (pending batches
+    cancelled, ``abort_everything`` called from the consuming thread). ``close()`` cannot
+    do this, since a generator cannot be closed while another thread runs it. A task
+    running in the consuming thread (sequential backend) ends first. Returns False when
+    ``generator`` is not such a generator (or the call is over: then it does nothing).
+    """
+    try:
+        hook = _INTERRUPTS.get(generator)
+    except TypeError:  # not weak-referenceable: not one of ours
+        return False
+    if hook is None:
+        return False
+    hook(exc)
+    return True

@@ -25,6 +25,7 @@ from par_scheduler import ProgressEvent
 from par_serialization import UnpicklableExceptionError, wrap_non_picklable_objects
 
 from .__about__ import __version__
+from ._aio import ParallelGenerator
 from .parallel import Parallel
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "BatchedCalls",
     "Parallel",
     "ParallelBackendBase",
+    "ParallelGenerator",
     "ProgressEvent",
     "RemoteTraceback",
     "TransportHooks",

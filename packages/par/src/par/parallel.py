@@ -9,6 +9,7 @@ serializer + thread limits from ``par_threadlimits``) and hands the iterable to
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -47,6 +48,7 @@ from par_api import (
 from par_scheduler import ProgressEvent
 
 from . import _forwarding
+from ._aio import ParallelGenerator, loop_running_here
 from .progress import TqdmLike, check_progress, make_progress_listener
 
 #: Largest fixed batch used with ``max_tasks_per_child`` and ``batch_size='auto'``.
@@ -320,6 +322,23 @@ class Parallel:
 
     # -- the call ---------------------------------------------------------------------
     def __call__(self, iterable: Iterable[TaskTuple]) -> list[Any] | Iterator[Any]:
+        """Run the tasks. With ``return_as='generator'``/``'generator_unordered'``, called
+        where an event loop runs in this thread (a coroutine, a Jupyter cell), the result
+        is a :class:`ParallelGenerator`, usable with ``for`` and ``async for``; elsewhere
+        it is a plain generator, as in joblib (``ParallelGenerator(gen)`` makes it
+        async-iterable)."""
+        return self._call(iterable, self.return_as, driven=loop_running_here())
+
+    async def acall(self, iterable: Iterable[TaskTuple]) -> list[Any]:
+        """``await parallel.acall(tasks)``: the list of results, in task order, without
+        blocking the event loop (the call runs in a thread of its own, which also reads
+        ``iterable`` lazily). Cancelling the awaiting task aborts the call as an error
+        does. Whatever ``return_as`` is, a list is returned."""
+        gen = self._call(iterable, "generator", driven=True)
+        assert isinstance(gen, ParallelGenerator)
+        return await gen.collect()
+
+    def _call(self, iterable: Iterable[TaskTuple], return_as: str, driven: bool) -> list[Any] | Iterator[Any]:
         with self._lock:
             if self._running:
                 raise RuntimeError(
@@ -360,13 +379,14 @@ class Parallel:
             finally:
                 self._running = False
 
-        result = par_scheduler.run(
+        run = functools.partial(
+            par_scheduler.run,
             backend,
             iterable,
             n_jobs=n_jobs,
             batch_size=self._batch_size_for(backend),
             pre_dispatch=self.pre_dispatch,
-            return_as=self.return_as,
+            return_as=return_as,
             timeout=self.timeout,
             listeners=listeners,
             ensure_ready=self._managed,
@@ -375,7 +395,12 @@ class Parallel:
             retries=self.retries,
             retry_on=self.retry_on,
         )
-        if self._managed and self.return_as != "list":
+        if driven and return_as != "list":
+            # An event loop runs in this thread: never block it, not even to start.
+            result = ParallelGenerator(start=run)  # type: ignore[arg-type]
+        else:
+            result = run()  # no loop here: joblib's plain generator (or list)
+        if self._managed and return_as != "list":
             self._live_result = weakref.ref(result)  # closed by __exit__ if not exhausted
         return result
 
