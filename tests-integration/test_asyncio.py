@@ -333,7 +333,10 @@ SHUTDOWN_SCRIPT = textwrap.dedent(
 
     asyncio.run(main())
     # A thread backend's running task cannot be stopped: its thread ends when it returns.
-    par_threads = lambda: sorted(t.name for t in threading.enumerate() if t.name.startswith("par"))
+    # The forwarding server's accept thread serves the whole process (one per process,
+    # like loky's reusable executor), not a call: it stays; its per-worker readers end.
+    par_threads = lambda: sorted(t.name for t in threading.enumerate()
+                                 if t.name.startswith("par") and t.name != "par-output-forward")
     deadline = time.monotonic() + 20
     while par_threads() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -16,7 +16,11 @@ parent to acknowledge it before returning the batch's results: so everything a t
 printed or logged is replayed before ``Parallel`` returns, in the order the task
 produced it, and the output of two batches is never mixed line by line.
 
-In the parent a daemon thread per worker connection replays the messages: text goes
+In the parent one listening socket and its accept thread (``par-output-forward``)
+serve the whole process: started by the first call that forwards, they stay for the
+process's lifetime (blocked in ``accept``, like loky's reusable executor between calls).
+A daemon thread per worker connection (``par-output-forward-conn``, ending with its
+worker) replays the messages: text goes
 to the parent's current ``sys.stdout``/``sys.stderr`` (a Jupyter cell, pytest's
 capture, a file), records go to ``logging.getLogger(record.name).handle(record)`` --
 the parent's levels, filters, handlers and formatters. Each record says which worker
