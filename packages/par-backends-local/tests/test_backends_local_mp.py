@@ -290,3 +290,61 @@ def test_backends_mp_terminate_with_a_pending_batch_does_not_hang() -> None:
     assert rec.outs == [stuck]
     with pytest.raises(RuntimeError, match="shut down"):
         stuck.result(timeout=0)
+
+
+
+def _take_and_die(lock: Any) -> None:
+    lock.acquire()
+    os._exit(0)  # dies holding it, as a worker killed while writing its result does
+
+
+def _hold_the_result_lock() -> None:
+    """In a pool worker: take the result queue's write lock and keep it, as a worker
+    writing a large result that nobody reads any more does."""
+    frame = sys._getframe()
+    while frame.f_code.co_name != "worker":
+        frame = frame.f_back
+    frame.f_locals["outqueue"]._wlock.acquire()
+    time.sleep(120)
+
+
+def _terminate_in_thread(pool: Any) -> threading.Thread:
+    from par_backends_local.multiprocessing import terminate_pool
+
+    runner = threading.Thread(target=terminate_pool, args=(pool, 0.5), daemon=True)
+    runner.start()
+    runner.join(30)
+    return runner
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_backends_mp_terminate_frees_the_result_queue_lock_a_dead_worker_held() -> None:
+    """CPython gh-96995: ``Pool.terminate`` waits for ever for the result queue's lock
+    when a process died holding it; ``terminate_pool`` (used on abort) does not."""
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(1)
+    assert pool.apply_async(abs, (-1,)).get(timeout=30) == 1
+    lock = pool._outqueue._wlock
+    holder = ctx.Process(target=_take_and_die, args=(lock,))
+    holder.start()
+    holder.join(30)
+    assert not lock.acquire(timeout=0.1), "the scenario needs the lock held by a dead process"
+    assert not _terminate_in_thread(pool).is_alive(), "terminate_pool hung"
+    assert all(p.exitcode is not None for p in pool._pool)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork")
+def test_backends_mp_terminate_ends_a_worker_that_holds_the_result_queue_lock() -> None:
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(2)
+    pool.apply_async(_hold_the_result_lock)
+    lock = pool._outqueue._wlock
+    deadline = time.monotonic() + 30
+    while lock.acquire(timeout=0.05):  # until the worker has it
+        lock.release()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [p.pid for p in pool._pool]
+    assert not _terminate_in_thread(pool).is_alive(), "terminate_pool hung"
+    assert all(wait_gone(pid) for pid in workers)
+    assert not any(t.name == "par-mp-terminate" and t.is_alive() for t in threading.enumerate())

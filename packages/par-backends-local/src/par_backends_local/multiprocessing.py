@@ -9,9 +9,15 @@ A plain ``multiprocessing.Pool`` waits forever for the task of a worker that die
 silently starts a replacement). This backend watches the workers instead: a small
 thread waits on their process sentinels and, when one exits while the pool is in use,
 fails every pending batch with :class:`par_api.WorkerDiedError` (exit code or signal,
-pid, likely cause) and discards the pool; the next submit starts a new one. The only
-Pool internal relied on is ``Pool._pool`` (its list of worker processes), read in
-:func:`_pool_processes`.
+pid, likely cause) and discards the pool; the next submit starts a new one.
+
+``Pool.terminate`` can hang for ever (CPython gh-96995, open): a worker it kills while
+the worker writes a result keeps the result queue's lock, and ``terminate`` waits for
+that lock. :func:`terminate_pool` frees it.
+
+The Pool internals relied on: ``Pool._pool`` (its list of worker processes, read in
+:func:`_pool_processes`) and ``Pool._outqueue._wlock`` (the result queue's write lock,
+in :func:`terminate_pool`), both unchanged since Python 3.4.
 
 Transport hooks: ``serialize_batch`` is applied to each batch, ``env`` is applied by the
 worker initializer (``os.environ.update``) before the hooks' and the user's
@@ -58,6 +64,56 @@ def _pool_processes(pool: Any) -> list[Any]:
     :class:`multiprocessing.Process` objects (stable since Python 3.0).
     """
     return list(getattr(pool, "_pool", ()))
+
+
+#: How long :func:`terminate_pool` lets ``Pool.terminate`` run before it looks for the
+#: result queue's lock held by a worker (seconds).
+TERMINATE_PATIENCE = 1.0
+
+
+def terminate_pool(pool: Any, patience: float = TERMINATE_PATIENCE) -> None:
+    """``pool.terminate()``, without CPython's hang gh-96995.
+
+    ``terminate`` writes a sentinel into the result queue, kills the workers and joins
+    the pool's task handler, which writes one more; both writes take the result queue's
+    write lock. A worker that holds that lock (killed while writing its result, or stuck
+    writing a large result nobody reads any more) makes ``terminate`` wait for ever, and
+    so does an idle worker that holds the task queue's read lock waiting for the
+    sentinel the stuck handler never sends. ``terminate`` runs in a thread here. While
+    it has not returned after ``patience`` seconds and the result queue's lock cannot be
+    taken within 0.2 s (the parent's own writers hold it for microseconds), a worker
+    holds it: the workers still alive are killed (as ``terminate`` would), and then the
+    two locks, whose holders are dead, are released.
+    """
+    runner = threading.Thread(target=pool.terminate, name="par-mp-terminate", daemon=True)
+    runner.start()
+    while True:
+        runner.join(patience)
+        if not runner.is_alive():
+            return
+        result_lock = getattr(getattr(pool, "_outqueue", None), "_wlock", None)
+        task_lock = getattr(getattr(pool, "_inqueue", None), "_rlock", None)
+        if result_lock is None or task_lock is None:
+            continue
+        if result_lock.acquire(timeout=0.2):
+            result_lock.release()  # free: terminate is slow for another reason; keep waiting
+            continue
+        for proc in _pool_processes(pool):
+            if _exitcode(proc, patience=0) is None:
+                proc.kill()
+        for proc in _pool_processes(pool):
+            proc.join(5)
+        _logger.debug("multiprocessing pool: releasing the queue locks killed workers held")
+        for lock in (result_lock, task_lock):
+            # Only dead workers and terminate itself (which takes the task queue's read
+            # lock for good) can hold them now: a release wakes terminate, or does nothing.
+            if lock.acquire(timeout=0.2):
+                lock.release()
+                continue
+            try:
+                lock.release()
+            except ValueError:  # released meanwhile
+                pass
 
 
 def resolve_context(context: Any = None) -> Any:
@@ -211,7 +267,7 @@ class _PoolState:
                 return
             self._closed = True
             if kill or pending:
-                self.pool.terminate()
+                terminate_pool(self.pool)
             else:
                 self.pool.close()
             self.pool.join()
