@@ -395,6 +395,7 @@ class Parallel:
             retries=self.retries,
             retry_on=self.retry_on,
         )
+        result: list[Any] | Iterator[Any]
         if driven and return_as != "list":
             # An event loop runs in this thread: never block it, not even to start.
             result = ParallelGenerator(start=run)  # type: ignore[arg-type]
