@@ -23,7 +23,7 @@ from .config import (
 from .cpu import cpu_count, cpu_count_report
 from .exceptions import BackendNotAvailableError, RemoteTraceback, WorkerDiedError
 from .njobs import check_n_jobs, check_prefer, check_prefer_require, check_require, normalize_n_jobs
-from .policy import ON_ERROR_VALUES, check_on_error, check_retries, check_retry_on
+from .policy import ON_ERROR_VALUES, TASK_TIMEOUT_EXIT_CODE, check_on_error, check_retries, check_retry_on
 from .registry import (
     ENTRY_POINT_GROUP,
     available_backends,
@@ -40,11 +40,14 @@ from .worker import (
     check_forward_output,
     check_max_tasks_per_child,
     check_max_worker_memory,
+    set_task_timeout_handler,
+    task_timeout_handler,
     worker_state,
 )
 
 __all__ = [
     "ON_ERROR_VALUES",
+    "TASK_TIMEOUT_EXIT_CODE",
     "check_on_error",
     "check_retries",
     "check_retry_on",
@@ -95,5 +98,7 @@ __all__ = [
     "parallel_config",
     "parse_nbytes",
     "register_parallel_backend",
+    "set_task_timeout_handler",
+    "task_timeout_handler",
     "worker_state",
 ]

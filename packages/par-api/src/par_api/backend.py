@@ -70,6 +70,16 @@ class ParallelBackendBase(ABC):
     #: The scheduler stops a batch running longer than ``timeout`` by terminating the
     #: backend's workers; thread backends cannot stop a running thread.
     supports_timeout: bool = False
+    #: Tasks run in worker processes that can end themselves: with a failure policy
+    #: (``on_error`` other than ``'raise'``) and ``timeout``, a task running longer than
+    #: ``timeout`` seconds in its worker ends that worker with exit code
+    #: ``TASK_TIMEOUT_EXIT_CODE``, and the backend fails its batch with a
+    #: ``WorkerDiedError`` carrying that ``exitcode`` (as for any worker death).
+    supports_task_timeout: bool = False
+    #: Set by the scheduler before ``start_call`` on a backend with
+    #: ``supports_task_timeout``: the call's per-task timeout in seconds, or None when
+    #: none applies (a backend may expect its workers to end themselves meanwhile).
+    task_timeout: float | None = None
     #: Workers share the caller's memory (``require='sharedmem'`` is satisfied).
     supports_sharedmem: bool = False
     #: Workers are threads of the caller's process.

@@ -10,13 +10,20 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-__all__ = ["ON_ERROR_VALUES", "check_on_error", "check_retries", "check_retry_on"]
+__all__ = ["ON_ERROR_VALUES", "TASK_TIMEOUT_EXIT_CODE", "check_on_error", "check_retries", "check_retry_on"]
 
 #: ``'raise'``: the first failure aborts the call (joblib's behaviour, the default);
 #: ``'return'``: the exception takes the failed task's place in the results;
 #: ``'collect'``: the call runs to its end, then raises an ``ExceptionGroup`` of the
 #: failures (the results stay reachable as its ``results`` attribute).
 ON_ERROR_VALUES = ("raise", "return", "collect")
+
+#: The exit code of a worker process that ended itself because its task ran longer
+#: than the call's ``timeout`` (per-task timeouts, with ``on_error`` other than
+#: ``'raise'``, on backends with ``supports_task_timeout``); 124 as in coreutils'
+#: ``timeout``. The backend reports it as the ``exitcode`` of a ``WorkerDiedError``,
+#: which the scheduler turns into the task's ``TimeoutError``.
+TASK_TIMEOUT_EXIT_CODE = 124
 
 
 def check_on_error(on_error: Any) -> str:

@@ -41,6 +41,8 @@ __all__ = [
     "check_forward_output",
     "check_max_tasks_per_child",
     "check_max_worker_memory",
+    "set_task_timeout_handler",
+    "task_timeout_handler",
     "worker_state",
 ]
 
@@ -48,6 +50,27 @@ _local = threading.local()
 _lock = threading.Lock()
 _process_state: dict[str, Any] | None = None
 _process_pid: int | None = None
+
+_timeout_handler: tuple[int, Any] | None = None
+
+
+def set_task_timeout_handler(handler: Any) -> None:
+    """Worker side, for backends: ``handler(error)`` is called (from another thread,
+    the running task being stuck) when this worker process ends because its task
+    overran its per-task timeout, just before the process exits with
+    ``TASK_TIMEOUT_EXIT_CODE``. A backend whose pool would take the exit as a crash of
+    the whole pool uses it to answer the stuck batch with ``error`` (a
+    ``WorkerDiedError`` carrying that exit code) and retire the worker the pool's own
+    way (loky). Set in the worker initializer; None removes it."""
+    global _timeout_handler
+    _timeout_handler = None if handler is None else (os.getpid(), handler)
+
+
+def task_timeout_handler() -> Any:
+    """The handler set by :func:`set_task_timeout_handler` in this process, or None."""
+    current = _timeout_handler
+    return current[1] if current is not None and current[0] == os.getpid() else None
+
 
 #: Attribute of a ``distributed`` worker object holding its par state.
 _DASK_ATTRIBUTE = "_par_worker_state"

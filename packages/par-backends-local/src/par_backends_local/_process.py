@@ -32,6 +32,9 @@ class ProcessBackendBase(ParallelBackendBase):
     """The base of par's process backends (workers are processes of this machine)."""
 
     supports_timeout = True
+    #: A task over its ``timeout`` ends its worker (``par_scheduler``'s guard, in the
+    #: worker); both pools report that as a ``WorkerDiedError`` with the exit code.
+    supports_task_timeout = True
     supports_inner_max_num_threads = True
     supports_auto_batching = True
     supports_transport_hooks = True

@@ -31,14 +31,19 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
+
+from par_api import set_task_timeout_handler
 
 __all__ = [
     "PoolBudget",
     "after_batch",
     "init_worker",
     "pool_maxtasks",
+    "answer_and_retire",
+    "init_task_timeout",
     "quiet_loky_recycling",
     "rss",
     "worker_steps",
@@ -125,6 +130,44 @@ def _leave() -> None:
             return put(obj)
 
         results.put = put_recycled
+
+
+def _running_work_id() -> Any:
+    """The work id of the call item loky's worker loop is running (in the main thread,
+    stuck in the task)."""
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_process_worker" and "loky" in code.co_filename:
+            item = frame.f_locals.get("call_item")
+            return getattr(item, "work_id", None)
+        frame = frame.f_back
+    return None
+
+
+def answer_and_retire(error: BaseException) -> None:
+    """Task-timeout handler of a loky worker (``par_api.set_task_timeout_handler``):
+    the running batch gets ``error`` as its result, and the worker retires the way a
+    recycled one does (``_RecycledWorkerPid``), so loky starts a replacement instead of
+    breaking the executor and failing every other running batch. The caller then ends
+    the process."""
+    results = _loky_result_queue
+    work_id = _running_work_id()
+    if results is None or work_id is None:
+        return
+    try:
+        from loky.process_executor import _RecycledWorkerPid, _ResultItem
+    except ImportError:  # pragma: no cover - older loky: the executor breaks instead
+        return
+    results.put(_ResultItem(work_id, exception=error))
+    results.put(_RecycledWorkerPid(os.getpid()))
+
+
+def init_task_timeout() -> None:
+    """loky worker initializer step: answer a stuck batch before a task timeout ends
+    this worker (:func:`answer_and_retire`)."""
+    _find_loky_loop()
+    set_task_timeout_handler(answer_and_retire)
 
 
 def after_batch(n_tasks: int) -> None:

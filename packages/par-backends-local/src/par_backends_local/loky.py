@@ -119,6 +119,7 @@ class LokyBackend(ProcessBackendBase):
         self._recycles = bool(recycling)
         steps = init_steps(
             *_tracking.worker_steps(),
+            (_recycling.init_task_timeout, ()),
             *recycling,
             (hooks.initializer, hooks.initargs) if hooks is not None else (None, ()),
             (user_init, user_initargs),
@@ -163,7 +164,7 @@ class LokyBackend(ProcessBackendBase):
             # The executor broke (a worker died) or was shut down by an abort: start afresh.
             executor = self._get_executor()
             loky_future = executor.submit(payload)
-        if self._recycles:
+        if self._recycles or self.task_timeout is not None:  # restarts the user asked for
             _recycling.quiet_loky_recycling(executor)
         workers = _worker_processes(executor)
         if workers.keys() - self._workers.keys():

@@ -361,6 +361,7 @@ class _Call:
         self.failures: list[BaseException] = []
         self._n_failed = 0
         self._n_retried = 0
+        self._n_timed_out = 0
         # Dispatcher side (the caller's thread only): batches cut, not yet submitted.
         self._ready: deque[BatchedCalls] = deque()
         self._source_empty = False
@@ -377,6 +378,8 @@ class _Call:
         """``start_call``, the ``'start'`` event, then the first batches (in this thread)."""
         self._t0 = _now()
         backend = self._backend
+        if getattr(backend, "supports_task_timeout", False):
+            backend.task_timeout = None if self._policy is None else self._policy.task_timeout
         backend.start_call()
         self._started = True
         self._source.open(backend.get_nested_backend())
@@ -634,7 +637,11 @@ class _Call:
             self._n_retried += 1
             self._rerun.append((seq, pos, piece, attempts + 1))
             return
-        self._fill_piece_locked(seq, pos, failed_task(error, piece.tasks[0][0], 0))
+        func = piece.tasks[0][0]
+        if self._policy.timed_out(error):  # its worker ended itself: the task overran
+            self._n_timed_out += 1
+            error = self._policy.timeout_error(piece.index, func)
+        self._fill_piece_locked(seq, pos, failed_task(error, func, attempts))
 
     def _fill_piece_locked(self, seq: int, pos: int, value: Any) -> None:
         first_index, slots = self._pieces[seq]
@@ -815,6 +822,7 @@ class _Call:
             self._window or 0,
             self._n_failed,
             self._n_retried,
+            self._n_timed_out,
         )
         for listener in self._listeners:
             try:
@@ -914,6 +922,10 @@ def run(
     batch_size = check_batch_size(batch_size)
     return_as = check_return_as(return_as)
     timeout = check_timeout(timeout)
+    if policy.take_timeout(timeout, backend):
+        # Per-task timeouts, enforced in the workers: one task per batch, so a task that
+        # overruns takes no other task's result with its worker.
+        timeout, batch_size = None, 1
     window = parse_pre_dispatch(pre_dispatch, n_jobs)
     if return_as != "list" and not getattr(backend, "supports_return_generator", True):
         raise ValueError(

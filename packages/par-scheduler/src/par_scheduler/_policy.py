@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from par_api import (
+    TASK_TIMEOUT_EXIT_CODE,
     BatchedCalls,
     RemoteTraceback,
     WorkerDiedError,
@@ -32,6 +33,8 @@ from par_api import (
     check_retries,
     check_retry_on,
 )
+
+from ._task_timeout import watchdog
 
 if sys.version_info >= (3, 11):
     from builtins import ExceptionGroup
@@ -110,10 +113,13 @@ class Guard:
         except Exception as exc:
             return self.rerun(args, kwargs, exc)
 
-    def rerun(self, args: Any, kwargs: Any, first: BaseException | None) -> Any:
+    def rerun(
+        self, args: Any, kwargs: Any, first: BaseException | None, before: Callable[[], None] | None = None
+    ) -> Any:
         """After the task raised ``first``: run it again while ``retry_on`` and the
-        retries allow, then return its value (:class:`Retried` when it was re-run) or its
-        final exception in a :class:`TaskFailed` envelope."""
+        retries allow (calling ``before()`` before each run), then return its value
+        (:class:`Retried` when it was re-run) or its final exception in a
+        :class:`TaskFailed` envelope."""
         attempt = 0
         exc = first
         while True:
@@ -121,6 +127,8 @@ class Guard:
                 if self.retry_on and attempt < self.retries and isinstance(exc, self.retry_on):
                     attempt += 1
                     exc = None
+                    if before is not None:
+                        before()
                     try:
                         value = self.func(*args, **kwargs)
                     except Exception as again:
@@ -139,9 +147,11 @@ class GuardedBatch(BatchedCalls):
     """A batch run under the policy: each task's final exception is returned in a
     :class:`TaskFailed` envelope in its place (after re-runs for ``retry_on``), so the
     other tasks of the batch are not lost. ``nested`` carries ``(nested, retries,
-    retry_on)``, so the batch survives every transport as it is (a serializer rebuilds it
-    as ``type(batch)(tasks, nested, index)``); the cost is one ``try`` per task, in the
-    worker, and nothing per task in the parent."""
+    retry_on, task_timeout)``, so the batch survives every transport as it is (a
+    serializer rebuilds it as ``type(batch)(tasks, nested, index)``); the cost is one
+    ``try`` per task, in the worker, and nothing per task in the parent. With a
+    ``task_timeout`` (worker processes only) each task runs under the process's
+    watchdog (:mod:`._task_timeout`), which ends the worker when the task overruns."""
 
     __slots__ = ()
 
@@ -149,19 +159,33 @@ class GuardedBatch(BatchedCalls):
         return (GuardedBatch, (self.tasks, self.nested, self.index))
 
     def __call__(self) -> list[Any]:
-        inner, retries, retry_on = self.nested  # type: ignore[misc]
-        run: Any = (self._run, (retries, retry_on), {})
+        inner, retries, retry_on, task_timeout = self.nested  # type: ignore[misc]
+        run: Any = (self._run, (retries, retry_on, task_timeout), {})
         # A one-task batch applies the nested-backend scope around the loop.
         return BatchedCalls([run], inner, self.index)()[0]  # type: ignore[no-any-return]
 
-    def _run(self, retries: int, retry_on: tuple[type[BaseException], ...]) -> list[Any]:
+    def _run(
+        self, retries: int, retry_on: tuple[type[BaseException], ...], task_timeout: float | None
+    ) -> list[Any]:
         out: list[Any] = []
         append = out.append
+        if task_timeout is None:
+            for func, args, kwargs in self.tasks:
+                try:
+                    append(func(*args, **kwargs))
+                except Exception:
+                    append(Guard(func, retries, retry_on).rerun(args, kwargs, sys.exc_info()[1]))
+            return out
+        dog = watchdog()
         for func, args, kwargs in self.tasks:
+            dog.arm(task_timeout)  # re-runs for retry_on get a timeout of their own
             try:
                 append(func(*args, **kwargs))
             except Exception:
-                append(Guard(func, retries, retry_on).rerun(args, kwargs, sys.exc_info()[1]))
+                guard = Guard(func, retries, retry_on)
+                append(guard.rerun(args, kwargs, sys.exc_info()[1], lambda: dog.arm(task_timeout)))
+            finally:
+                dog.disarm()
         return out
 
 
@@ -190,7 +214,37 @@ class Policy:
         self.retry_on = check_retry_on(retry_on)
         #: Whether tasks are guarded at all: with the defaults nothing changes (no cost).
         self.active = self.on_error != "raise" or self.retries > 0
+        #: Seconds a task may run in its worker (set by the engine: see
+        #: :meth:`take_timeout`), or None.
+        self.task_timeout: float | None = None
         self._guards: dict[int, tuple[Any, Guard]] = {}
+
+    def take_timeout(self, timeout: float | None, backend: Any) -> bool:
+        """Whether the call's ``timeout`` becomes a per-task timeout: with ``on_error``
+        other than ``'raise'`` on a backend whose workers are processes that may end
+        themselves (``supports_task_timeout``). Then the engine no longer applies it to
+        its wait for results."""
+        if timeout is None or self.on_error == "raise" or not getattr(backend, "supports_task_timeout", False):
+            return False
+        self.task_timeout = timeout
+        return True
+
+    def timed_out(self, error: BaseException) -> bool:
+        """Whether ``error`` (a lone task's failure) is its worker ending itself because
+        the task overran its per-task timeout."""
+        return (
+            self.task_timeout is not None
+            and isinstance(error, WorkerDiedError)
+            and error.exitcode == TASK_TIMEOUT_EXIT_CODE
+        )
+
+    def timeout_error(self, index: int, func: Any) -> TimeoutError:
+        """The ``TimeoutError`` that takes the place of task ``index``."""
+        return TimeoutError(
+            f"task {index} ({_func_name(getattr(func, 'func', func))}) ran longer than "
+            f"timeout={self.task_timeout:g} seconds in its worker process, which was ended "
+            f"and replaced."
+        )
 
     def guard(self, func: Any) -> Guard:
         key = id(func)
@@ -203,7 +257,7 @@ class Policy:
 
     def guarded(self, batch: BatchedCalls) -> GuardedBatch:
         """``batch`` run under the policy (O(1): the tasks are not copied)."""
-        packed: Any = (batch.nested, self.retries, self.retry_on)
+        packed: Any = (batch.nested, self.retries, self.retry_on, self.task_timeout)
         return GuardedBatch(batch.tasks, packed, batch.index)
 
     def retry_death(self, attempts: int) -> bool:

@@ -50,6 +50,8 @@ class ProgressEvent:
     #: Extra runs of tasks so far (``retries``: after an exception in ``retry_on`` or the
     #: death of their worker).
     n_retried: int = 0
+    #: Tasks that overran their per-task ``timeout`` (counted in ``n_failed`` too).
+    n_timed_out: int = 0
 
 
 def short_format_time(t: float) -> str:
@@ -126,6 +128,8 @@ class VerbosePrinter:
         counts = ""
         if event.n_failed or event.n_retried:  # the failure policy (on_error, retries)
             counts = f" | failed: {event.n_failed}, retried: {event.n_retried}"
+            if event.n_timed_out:
+                counts += f", timed out: {event.n_timed_out}"
 
         def say(msg: str) -> None:
             self._print(msg + counts)
