@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from par import Parallel, delayed, parallel_config
 
     if __name__ == "__main__":
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
         with parallel_config(backend="dask", scheduler_address=cluster.scheduler_address):
             print(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(4)))
             inside = [o for o in gc.get_objects() if isinstance(o, distributed.Client) and o.status == "running"]

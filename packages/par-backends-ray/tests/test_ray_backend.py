@@ -232,10 +232,16 @@ def test_ray_large_argument_is_put_once_per_call(backend):
     assert (backend.n_put, backend.bytes_put) == (2, 2 * len(big))
 
 
-def test_ray_abort_cancels_pending_tasks(backend):
+def test_ray_abort_cancels_pending_tasks(backend, tmp_path):
     backend.start_call()
-    running = [backend.submit(one(sleep_then, i, 2)) for i in range(2)]  # take both CPUs
-    time.sleep(0.5)
+    started = [tmp_path / f"started-{i}" for i in range(2)]
+    running = [backend.submit(one(pid_then_sleep, str(path), 30)) for path in started]  # both CPUs
+    # Cancel them once they really run (a cold Ray on a loaded machine takes seconds to
+    # start a worker; a cancel that meets a task while it starts can be lost).
+    deadline = time.monotonic() + 60
+    while not all(path.exists() for path in started):
+        assert time.monotonic() < deadline, "the Ray tasks did not start within 60 s"
+        time.sleep(0.05)
     queued = [backend.submit(one(sleep_then, i, 2)) for i in range(6)]
     t0 = time.monotonic()
     backend.abort_everything(ensure_ready=True)
