@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 MARKER = "BENCH_RESULT "
-LIBS = ("par", "joblib", "mpire")
+LIBS = ("par", "joblib", "mpire", "pebble")
 # Unset in the subprocess of the numpy workloads when set: they pin OpenBLAS's kernel
 # and cache size for the test machines, which is not what a user's numpy would run with.
 OPENBLAS_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -83,7 +83,7 @@ def machine_info() -> dict[str, Any]:
         "memory_gb": mem_gb,
         "python": platform.python_version(),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {d: _version(d) for d in ("par", "joblib", "loky", "mpire", "numpy", "cloudpickle")},
+        "versions": {d: _version(d) for d in ("par", "joblib", "loky", "mpire", "pebble", "numpy", "cloudpickle")},
     }
 
 
@@ -279,8 +279,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
     p.add_argument(
         "--libs",
-        default="par,joblib,mpire",
-        help="comma-separated among par, joblib, mpire (mpire runs only where a workload has it)",
+        default="par,joblib,mpire,pebble",
+        help="comma-separated among par, joblib, mpire, pebble (mpire and pebble run only where a workload has them)",
     )
     p.add_argument(
         "--out",

@@ -603,6 +603,76 @@ def w_crash(lib: str, p: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def sleep_or_hang(i: int, hang: frozenset[int], seconds: float) -> int:
+    """Sleeps ``seconds``; the tasks in ``hang`` never return."""
+    if i in hang:
+        while True:
+            time.sleep(3600)
+    time.sleep(seconds)
+    return i
+
+
+def _worker_restart_s() -> float:
+    """What one worker restart costs here: start a one-worker loky executor and run a
+    trivial task (median of 3)."""
+    from loky import get_reusable_executor
+
+    times = []
+    for _ in range(3):
+        get_reusable_executor(max_workers=1).shutdown(wait=True, kill_workers=True)
+        t0 = time.perf_counter()
+        get_reusable_executor(max_workers=1).submit(noop, 0).result()
+        times.append(time.perf_counter() - t0)
+    get_reusable_executor(max_workers=1).shutdown(wait=True, kill_workers=True)
+    return statistics.median(times)
+
+
+def w_hanging(lib: str, p: dict[str, Any]) -> dict[str, float]:
+    """``n`` tasks of ``seconds``, of which ``n_hang`` (evenly spread) never return;
+    n_jobs=2, ``timeout``. par: ``on_error='return'`` puts a ``TimeoutError`` in each hung
+    task's place and replaces only its worker; pebble: ``ProcessPool.schedule(timeout=)``
+    does the same per future; joblib can only abort at the first timeout (``results`` 0).
+    ``over_ideal``: the time over (n - n_hang) * seconds + n_hang * timeout, divided by
+    n_jobs, plus the measured restart of n_hang workers (``restart_s`` each)."""
+    n, n_hang, seconds, timeout = p["n"], p["n_hang"], p["seconds"], p["timeout"]
+    hang = frozenset(range(n // (2 * n_hang), n, n // n_hang))
+    assert len(hang) == n_hang
+    out: dict[str, float] = {}
+    if lib == "pebble":
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        from pebble import ProcessPool
+
+        results: list[Any] = []
+        with timer(out, "time_s"), ProcessPool(max_workers=N_JOBS) as pool:
+            futures = [pool.schedule(sleep_or_hang, (i, hang, seconds), timeout=timeout) for i in range(n)]
+            for f in futures:
+                try:
+                    results.append(f.result())
+                except FutureTimeout as exc:
+                    results.append(exc)
+    else:
+        m = api(lib)
+        warm_up(m)
+        kwargs = {"on_error": "return"} if lib == "par" else {}
+        with timer(out, "time_s"):
+            try:
+                results = m.Parallel(n_jobs=N_JOBS, timeout=timeout, **kwargs)(
+                    m.delayed(sleep_or_hang)(i, hang, seconds) for i in range(n)
+                )
+            except Exception:  # joblib: its timeout aborts the call (multiprocessing.TimeoutError)
+                results = []
+    if lib != "joblib":
+        failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+        assert failed == sorted(hang) and all(isinstance(results[i], TimeoutError) for i in failed), failed
+    out["results"] = float(sum(1 for r in results if not isinstance(r, BaseException)))
+    restart = _worker_restart_s()
+    ideal = ((n - n_hang) * seconds + n_hang * timeout) / N_JOBS + n_hang * restart
+    out["restart_s"] = restart
+    out["over_ideal"] = out["time_s"] / ideal
+    return out
+
+
 def w_policy_cost(lib: str, p: dict[str, Any]) -> dict[str, float]:
     """``micro`` with ``on_error='return'`` and no failure, over ``on_error='raise'`` (par);
     joblib runs its only policy twice (its ratio is its noise)."""
@@ -927,6 +997,21 @@ _W: list[Workload] = [
         {"time_s": Metric(S), "results": Metric("", lower_is_better=False)},
         (Target("results", "par", ">=", 999),),
         doc="1,000 trivial tasks, task 500 calls os._exit(1): par on_error='return' keeps 999 results",
+    ),
+    Workload(
+        "hanging",
+        w_hanging,
+        {"n": 100, "n_hang": 5, "seconds": 0.1, "timeout": 2.0},
+        {"n": 20, "n_hang": 2, "seconds": 0.05, "timeout": 1.0},
+        {
+            "time_s": Metric(S),
+            "results": Metric("", lower_is_better=False),
+            "restart_s": Metric(S, chart=False),
+            "over_ideal": Metric("x", chart=False),
+        },
+        (Target("results", "par", ">=", 95), Target("over_ideal", "par", "<=", 1.3)),
+        refs=("pebble",),
+        doc="100 tasks of 0.1 s, 5 hang; n_jobs=2, timeout=2: par on_error='return' keeps 95 results",
     ),
     Workload(
         "policy_cost",
