@@ -2,13 +2,15 @@
 runs longer than ``timeout`` in its worker gets a ``TimeoutError`` in its place; only
 its worker is ended and replaced, and every other task gets its result.
 
-Process backends (``loky``, ``multiprocessing``). Thread backends keep joblib's
-call-level ``timeout`` (a thread cannot be stopped): tested here as documented.
+Process backends (``loky``, ``multiprocessing``): the worker ends itself and is
+replaced. ``threading``: a thread cannot be stopped, so the hung task's thread is
+abandoned (interrupted when it runs Python code) and a new one takes its place.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -112,13 +114,73 @@ def test_with_on_error_raise_timeout_keeps_its_joblib_meaning(no_leftover):
         Parallel(n_jobs=2, backend="loky", timeout=0.3)(delayed(_slow_then_fast)(i) for i in range(2))
 
 
-def test_thread_backends_keep_the_call_level_timeout():
-    """Documented: a thread cannot be stopped, so on ``threading`` the timeout aborts
-    the call as in joblib, whatever ``on_error`` is."""
-    with pytest.raises(TimeoutError, match="threads, which cannot be stopped"):
-        Parallel(n_jobs=2, backend="threading", timeout=0.3, on_error="return")(
-            delayed(_slow_then_fast)(i) for i in range(2)
+_release = threading.Event()
+
+
+def _blocks_in_c_at(i, hang):
+    if i in hang:
+        _release.wait(60)  # blocked in C: the thread cannot be interrupted
+        return "late"
+    time.sleep(0.02)
+    return i * 10
+
+
+def _spins_at(i, hang):
+    if i in hang:
+        while True:  # Python code: the abandoned thread is interrupted
+            pass
+    return i * 10
+
+
+def _par_threads():
+    return {t for t in threading.enumerate() if t.name.startswith("par-threading-") and t.is_alive()}
+
+
+def test_threading_a_hung_task_is_abandoned_and_its_thread_replaced():
+    """A thread cannot be stopped: the hung task gets its ``TimeoutError``, its thread is
+    abandoned and a new thread takes its place, so ``n_jobs`` threads keep working."""
+    _release.clear()
+    before = _par_threads()
+    try:
+        t0 = time.monotonic()
+        out = Parallel(n_jobs=2, backend="threading", timeout=0.5, on_error="return")(
+            delayed(_blocks_in_c_at)(i, {1, 5}) for i in range(30)
         )
+        took = time.monotonic() - t0
+        assert [type(o) for o in out if isinstance(o, BaseException)] == [TimeoutError, TimeoutError]
+        assert isinstance(out[1], TimeoutError) and isinstance(out[5], TimeoutError)
+        assert "abandoned" in str(out[1]) and "task 1 (" in str(out[1])
+        assert [o for i, o in enumerate(out) if i not in (1, 5)] == [i * 10 for i in range(30) if i not in (1, 5)]
+        assert took < 10  # 28 x 20 ms on two threads plus two timeouts: both threads kept working
+    finally:
+        _release.set()  # the abandoned threads return, drop their result and exit
+    assert wait_for(lambda: len(_par_threads() - before) == 0, 10), _par_threads() - before
+
+
+def test_threading_a_task_spinning_in_python_is_interrupted():
+    before = {t.ident for t in threading.enumerate()}
+    out = Parallel(n_jobs=2, backend="threading", timeout=0.3, on_error="return")(
+        delayed(_spins_at)(i, {0}) for i in range(6)
+    )
+    assert isinstance(out[0], TimeoutError) and out[1:] == [10, 20, 30, 40, 50]
+    spinning = lambda: [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("par-threading")]  # noqa: E731
+    # the call's pool is stopped after it, and the spinning thread was interrupted
+    assert wait_for(lambda: not spinning(), 10), spinning()
+
+
+def wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_sequential_applies_no_timeout():
+    with pytest.warns(UserWarning, match="timeout"):
+        out = Parallel(n_jobs=1, timeout=0.1, on_error="return")(delayed(_slow_then_fast)(i) for i in range(2))
+    assert out == [0, 1]
 
 
 @pytest.mark.parametrize("backend", PROCESS_BACKENDS)

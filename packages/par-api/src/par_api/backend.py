@@ -70,11 +70,12 @@ class ParallelBackendBase(ABC):
     #: The scheduler stops a batch running longer than ``timeout`` by terminating the
     #: backend's workers; thread backends cannot stop a running thread.
     supports_timeout: bool = False
-    #: Tasks run in worker processes that can end themselves: with a failure policy
-    #: (``on_error`` other than ``'raise'``) and ``timeout``, a task running longer than
-    #: ``timeout`` seconds in its worker ends that worker with exit code
-    #: ``TASK_TIMEOUT_EXIT_CODE``, and the backend fails its batch with a
-    #: ``WorkerDiedError`` carrying that ``exitcode`` (as for any worker death).
+    #: Per-task timeouts: with a failure policy (``on_error`` other than ``'raise'``) and
+    #: ``timeout``, a task running longer than ``timeout`` seconds in its worker fails its
+    #: batch. Process workers (``uses_threads`` false) end themselves with exit code
+    #: ``TASK_TIMEOUT_EXIT_CODE`` and the backend fails the batch with a
+    #: ``WorkerDiedError`` carrying that ``exitcode`` (as for any worker death); a thread
+    #: backend watches ``task_timeout`` itself and fails the batch with a ``TimeoutError``.
     supports_task_timeout: bool = False
     #: Set by the scheduler before ``start_call`` on a backend with
     #: ``supports_task_timeout``: the call's per-task timeout in seconds, or None when

@@ -142,7 +142,8 @@ class ThreadResult:
 _STOP = None
 
 
-def _worker_loop(queue: SimpleQueue[Any], running: set[int], interrupted: set[int]) -> None:
+def _worker_loop(pool: _ThreadPool) -> None:
+    queue, running, interrupted = pool.queue, pool.running, pool.interrupted
     get = queue.get
     ident = threading.get_ident()
     bind_worker_state({})  # par_api.worker_state() of this worker thread
@@ -153,12 +154,17 @@ def _worker_loop(queue: SimpleQueue[Any], running: set[int], interrupted: set[in
                 return
             func, out, callback = item
             running.add(ident)
+            timed = pool.task_timeout is not None
+            if timed:
+                pool.task_started(ident, item)
             try:
                 value = func()
             except BaseException as exc:
                 running.discard(ident)
                 if ident in interrupted:  # an abort targeted this task: see below
                     _async_raise(ident, None)
+                if timed and not pool.task_ended(ident, item):
+                    return  # abandoned on its timeout: a new thread took this one's place
                 out._complete(_FAILED, exc)
             else:
                 running.discard(ident)
@@ -167,6 +173,8 @@ def _worker_loop(queue: SimpleQueue[Any], running: set[int], interrupted: set[in
                     # it now, before any other code (say, a finalizer that the collector
                     # runs in this thread) can receive it and be cut short.
                     _async_raise(ident, None)
+                if timed and not pool.task_ended(ident, item):
+                    return  # abandoned on its timeout: a new thread took this one's place
                 out._complete(_OK, value)
             del func, item
             if callback is not None:
@@ -184,7 +192,13 @@ def _worker_loop(queue: SimpleQueue[Any], running: set[int], interrupted: set[in
 
 
 class _ThreadPool:
-    """``n`` threads on one queue; ``stop`` sends one stop marker per thread."""
+    """``n`` threads on one queue; ``stop`` sends one stop marker per thread.
+
+    With a per-task timeout (:meth:`set_task_timeout`) a monitor thread answers a batch
+    whose task overran with a ``TimeoutError``, interrupts its thread if it runs Python
+    code (:class:`TaskCancelled`), abandons it otherwise (it exits once its task
+    returns, its result dropped) and starts a new thread in its place, so ``n``
+    threads keep working."""
 
     def __init__(self, n: int) -> None:
         self.queue: SimpleQueue[Any] = SimpleQueue()
@@ -192,17 +206,80 @@ class _ThreadPool:
         self.running: set[int] = set()
         #: idents of the threads that an abort interrupted (this pool is then discarded)
         self.interrupted: set[int] = set()
-        self.threads = [
-            threading.Thread(
-                target=_worker_loop,
-                args=(self.queue, self.running, self.interrupted),
-                name=f"par-threading-{i}",
-                daemon=True,
-            )
-            for i in range(n)
-        ]
-        for thread in self.threads:
-            thread.start()
+        self.task_timeout: float | None = None
+        self._lock = threading.Lock()
+        self._started: dict[int, tuple[float, Any]] = {}  # ident -> (start, item), timed tasks
+        self._monitor: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._n_started = 0
+        self.threads: list[threading.Thread] = []
+        for _ in range(n):
+            self._add_thread()
+
+    def _add_thread(self) -> threading.Thread:
+        thread = threading.Thread(
+            target=_worker_loop, args=(self,), name=f"par-threading-{self._n_started}", daemon=True
+        )
+        self._n_started += 1
+        self.threads.append(thread)
+        thread.start()
+        return thread
+
+    # -- per-task timeouts --------------------------------------------------------------
+    def set_task_timeout(self, seconds: float | None) -> None:
+        """Tasks taken from now on may run ``seconds`` (None: no limit)."""
+        self.task_timeout = seconds
+        if seconds is not None and self._monitor is None:
+            self._monitor = threading.Thread(target=self._watch, name="par-threading-timeout", daemon=True)
+            self._monitor.start()
+
+    def task_started(self, ident: int, item: Any) -> None:
+        with self._lock:
+            self._started[ident] = (time.monotonic(), item)
+
+    def task_ended(self, ident: int, item: Any) -> bool:
+        """Whether the task's thread still owns its batch (False: it timed out and was
+        abandoned)."""
+        with self._lock:
+            entry = self._started.get(ident)
+            if entry is None or entry[1] is not item:
+                return False
+            del self._started[ident]
+            return True
+
+    def _watch(self) -> None:
+        while not self._stopped.is_set():
+            timeout = self.task_timeout
+            if timeout is None:
+                self._stopped.wait(0.5)
+                continue
+            now = time.monotonic()
+            expired: list[tuple[int, Any]] = []
+            wake = now + timeout  # a task started from now on ends no earlier
+            with self._lock:
+                for ident, (start, item) in list(self._started.items()):
+                    if start + timeout <= now:
+                        del self._started[ident]
+                        expired.append((ident, item))
+                    else:
+                        wake = min(wake, start + timeout)
+            for ident, (_func, out, callback) in expired:
+                self.threads = [t for t in self.threads if t.ident != ident]
+                _async_raise(ident, TaskCancelled)  # stops it if it runs Python code
+                self._add_thread()
+                out._complete(
+                    _FAILED,
+                    TimeoutError(
+                        "a thread cannot be stopped: it was abandoned (interrupted if it runs "
+                        "Python code) and a new thread took its place"
+                    ),
+                )
+                if callback is not None:
+                    try:
+                        callback(out)
+                    except BaseException:
+                        _logger.exception("par threading backend: the completion callback raised")
+            self._stopped.wait(max(wake - time.monotonic(), 0.001))
 
     def drain(self) -> list[tuple[Any, ThreadResult, Any]]:
         """Remove and return the batches not yet picked up by a thread."""
@@ -236,6 +313,7 @@ class _ThreadPool:
             _async_raise(ident, None)
 
     def stop(self, join: bool) -> None:
+        self._stopped.set()
         for _ in self.threads:
             self.queue.put(_STOP)
         if join:
@@ -263,6 +341,9 @@ class ThreadingBackend(ParallelBackendBase):
     supports_inner_max_num_threads = True
     supports_sharedmem = True
     supports_timeout = True
+    #: Per-task timeouts (``on_error`` other than ``'raise'``): an overrunning task's
+    #: batch fails with a ``TimeoutError`` and its thread is replaced (see ``_ThreadPool``).
+    supports_task_timeout = True
     supports_auto_batching = False
 
     def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None) -> None:
@@ -297,11 +378,17 @@ class ThreadingBackend(ParallelBackendBase):
         self._n_jobs = n
         return n
 
+    def start_call(self) -> None:
+        """Apply the call's per-task timeout (``task_timeout``, set by the scheduler)."""
+        if self._pool is not None:
+            self._pool.set_task_timeout(self.task_timeout)
+
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> ThreadResult:
         """Queue ``func`` for a pool thread; ``callback(out)`` runs in that thread when done."""
         pool = self._pool
         if pool is None:
             pool = self._pool = _ThreadPool(self._n_jobs)
+            pool.set_task_timeout(self.task_timeout)
         out = ThreadResult()
         pool.queue.put((func, out, callback))
         return out
@@ -342,6 +429,7 @@ class ThreadingBackend(ParallelBackendBase):
                         _logger.exception("par threading backend: the completion callback raised")
         if ensure_ready:
             self._pool = _ThreadPool(self._n_jobs)
+            self._pool.set_task_timeout(self.task_timeout)
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
         """``('sequential', 1)``: a ``Parallel`` inside a thread runs sequentially."""

@@ -640,7 +640,7 @@ class _Call:
         func = piece.tasks[0][0]
         if self._policy.timed_out(error):  # its worker ended itself: the task overran
             self._n_timed_out += 1
-            error = self._policy.timeout_error(piece.index, func)
+            error = self._policy.timeout_error(piece.index, func, error)
         self._fill_piece_locked(seq, pos, failed_task(error, func, attempts))
 
     def _fill_piece_locked(self, seq: int, pos: int, value: Any) -> None:

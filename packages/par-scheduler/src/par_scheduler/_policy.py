@@ -221,29 +221,42 @@ class Policy:
 
     def take_timeout(self, timeout: float | None, backend: Any) -> bool:
         """Whether the call's ``timeout`` becomes a per-task timeout: with ``on_error``
-        other than ``'raise'`` on a backend whose workers are processes that may end
-        themselves (``supports_task_timeout``). Then the engine no longer applies it to
-        its wait for results."""
+        other than ``'raise'`` on a backend with ``supports_task_timeout``. Then the
+        engine no longer applies it to its wait for results. On process backends
+        (``uses_threads`` false) the workers enforce it (:mod:`._task_timeout`); a thread
+        backend enforces it itself."""
         if timeout is None or self.on_error == "raise" or not getattr(backend, "supports_task_timeout", False):
             return False
         self.task_timeout = timeout
+        self.worker_exit = not getattr(backend, "uses_threads", False)
         return True
 
-    def timed_out(self, error: BaseException) -> bool:
-        """Whether ``error`` (a lone task's failure) is its worker ending itself because
-        the task overran its per-task timeout."""
-        return (
-            self.task_timeout is not None
-            and isinstance(error, WorkerDiedError)
-            and error.exitcode == TASK_TIMEOUT_EXIT_CODE
-        )
+    #: Whether a worker process ends itself when its task overruns (else the backend
+    #: enforces the per-task timeout: thread backends).
+    worker_exit = False
 
-    def timeout_error(self, index: int, func: Any) -> TimeoutError:
-        """The ``TimeoutError`` that takes the place of task ``index``."""
+    def timed_out(self, error: BaseException) -> bool:
+        """Whether ``error`` (a lone task's failure as a whole) says the task overran
+        its per-task timeout: its worker process ended itself (``WorkerDiedError`` with
+        ``TASK_TIMEOUT_EXIT_CODE``), or the backend failed the batch with a
+        ``TimeoutError`` (a task's own exceptions come back in envelopes, never so)."""
+        if self.task_timeout is None:
+            return False
+        if isinstance(error, WorkerDiedError):
+            return error.exitcode == TASK_TIMEOUT_EXIT_CODE
+        return isinstance(error, TimeoutError)
+
+    def timeout_error(self, index: int, func: Any, error: BaseException) -> TimeoutError:
+        """The ``TimeoutError`` that takes the place of task ``index`` (``error``: how
+        the backend reported it)."""
+        what = (
+            "its worker process was ended and replaced"
+            if isinstance(error, WorkerDiedError)
+            else str(error)
+        )
         return TimeoutError(
             f"task {index} ({_func_name(getattr(func, 'func', func))}) ran longer than "
-            f"timeout={self.task_timeout:g} seconds in its worker process, which was ended "
-            f"and replaced."
+            f"timeout={self.task_timeout:g} seconds: {what}."
         )
 
     def guard(self, func: Any) -> Guard:
@@ -257,7 +270,8 @@ class Policy:
 
     def guarded(self, batch: BatchedCalls) -> GuardedBatch:
         """``batch`` run under the policy (O(1): the tasks are not copied)."""
-        packed: Any = (batch.nested, self.retries, self.retry_on, self.task_timeout)
+        in_worker = self.task_timeout if self.worker_exit else None
+        packed: Any = (batch.nested, self.retries, self.retry_on, in_worker)
         return GuardedBatch(batch.tasks, packed, batch.index)
 
     def retry_death(self, attempts: int) -> bool:
