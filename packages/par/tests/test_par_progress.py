@@ -389,3 +389,34 @@ def test_bad_progress_value_names_the_parameter(bad):
 @pytest.mark.parametrize("value", [None, False])
 def test_no_progress_means_no_listener(value):
     assert make_progress_listener(value) is None
+
+
+# -- the failure policy's counts (on_error, per-task timeout, retries) ----------------
+
+
+def test_text_bar_shows_the_failure_counts_that_are_not_zero():
+    bar = TextProgressBar(stream=io.StringIO())
+    event = ProgressEvent("completed", 5, 5, 10, 2.0, 1, 2.0, n_failed=2, n_retried=3, n_timed_out=1)
+    text = bar.render(event)
+    assert "2 failed" in text and "1 timed out" in text and "3 retried" in text
+    assert "failed" not in bar.render(_event("completed", 5, 10))
+
+
+class PostfixBar(FakeBar):
+    def __init__(self, total: int | None = None, unit: str = "it") -> None:
+        super().__init__(total, unit)
+        self.postfixes: list[str] = []
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfixes.append(s)
+
+
+@pytest.mark.timeout(60)
+def test_tqdm_like_bar_gets_the_failure_counts_as_its_postfix():
+    bar = PostfixBar()
+    out = Parallel(n_jobs=2, backend="threading", on_error="return", progress=bar)(
+        delayed(fail_on_three)(i) for i in range(N)
+    )
+    assert isinstance(out[3], ValueError)
+    assert bar.postfixes[-1] == "1 failed"
+    assert sum(bar.updates) == N

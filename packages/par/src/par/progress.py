@@ -133,6 +133,7 @@ class TextProgressBar:
             bar = "-" * pos + "#" + "-" * (self.width - pos - 1)
             head = f"[{bar}] {done}/?"
         parts = [f"{format_duration(event.elapsed)} elapsed", f"{rate:,.1f} tasks/s"]
+        parts += failure_counts(event)
         if event.kind == "finished":
             parts.append("done")
         elif event.kind == "aborted":
@@ -173,6 +174,17 @@ class TextProgressBar:
                 pass
 
 
+def failure_counts(event: ProgressEvent) -> list[str]:
+    """``['2 failed', '1 timed out', '3 retried']``: the failure policy's counts that
+    are not zero (``on_error``, per-task ``timeout``, ``retries``)."""
+    counts = (
+        (getattr(event, "n_failed", 0), "failed"),
+        (getattr(event, "n_timed_out", 0), "timed out"),
+        (getattr(event, "n_retried", 0), "retried"),
+    )
+    return [f"{n} {what}" for n, what in counts if n]
+
+
 class TqdmAdapter:
     """Feeds ``ProgressEvent`` objects to a tqdm-like bar.
 
@@ -196,6 +208,7 @@ class TqdmAdapter:
         self.bar = bar
         self.own = own
         self._seen = 0
+        self._counts: list[str] = []
         self._base: int | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -215,6 +228,12 @@ class TqdmAdapter:
                     refresh = getattr(bar, "refresh", None)
                     if callable(refresh):
                         refresh()
+        counts = failure_counts(event)
+        if counts != self._counts:  # the failure policy's counts, as the bar's postfix
+            self._counts = counts
+            set_postfix_str = getattr(bar, "set_postfix_str", None)
+            if callable(set_postfix_str):
+                set_postfix_str(", ".join(counts), refresh=False)
         delta = event.n_completed - self._seen
         if delta > 0:
             bar.update(delta)
