@@ -116,21 +116,6 @@ def _check_init_kwargs(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-#: Seconds after an abort's ``ray.cancel`` at which the tasks still not finished are
-#: cancelled once more (a cancel that meets a task while it starts can be lost).
-RECANCEL_AFTER = 1.0
-
-
-def _cancel_again(refs: list[Any]) -> None:
-    """``ray.cancel`` the tasks of ``refs`` that have not finished yet."""
-    try:
-        _, still = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        for ref in still:
-            ray.cancel(ref, force=False, recursive=True)
-    except Exception:  # the runtime went away meanwhile: nothing left to cancel
-        pass
-
-
 def _batch_name(batch: Any) -> str:
     """The Ray task name of a batch: ``par-<first function name>``."""
     tasks = getattr(batch, "tasks", None)
@@ -394,13 +379,6 @@ class RayBackend(ParallelBackendBase):
         for entry in pending:
             with contextlib.suppress(Exception):
                 ray.cancel(entry.ref, force=False, recursive=True)
-        if pending:
-            # A cancel that reaches a task while it starts on a worker can be lost (the
-            # owner still sees a pending lease): cancel what is still running once more.
-            again = threading.Timer(RECANCEL_AFTER, _cancel_again, ([e.ref for e in pending],))
-            again.name = "par-ray-recancel"
-            again.daemon = True
-            again.start()
         if args is not None:
             args.clear()
 
