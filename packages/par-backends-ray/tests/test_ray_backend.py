@@ -233,11 +233,13 @@ def test_ray_large_argument_is_put_once_per_call(backend):
 
 
 def test_ray_abort_cancels_pending_tasks(backend, tmp_path):
+    """Queued batches never start. A running one gets ``KeyboardInterrupt`` from
+    ``ray.cancel``, which Ray does not always deliver: in CI's fresh environments the two
+    running tasks ran to their end (30 s) while every queued one was cancelled; locally
+    they are interrupted. So a running batch may end either way, but no queued one runs."""
     backend.start_call()
     started = [tmp_path / f"started-{i}" for i in range(2)]
     running = [backend.submit(one(pid_then_sleep, str(path), 30)) for path in started]  # both CPUs
-    # Cancel them once they really run (a cold Ray on a loaded machine takes seconds to
-    # start a worker; a cancel that meets a task while it starts can be lost).
     deadline = time.monotonic() + 60
     while not all(path.exists() for path in started):
         assert time.monotonic() < deadline, "the Ray tasks did not start within 60 s"
@@ -246,18 +248,18 @@ def test_ray_abort_cancels_pending_tasks(backend, tmp_path):
     t0 = time.monotonic()
     backend.abort_everything(ensure_ready=True)
     backend.stop_call()
-    got = []  # what each batch gave, and when: the message says it if one was not cancelled
+    got = []  # what each batch gave, and when: the message says it if one ran
     for k, out in enumerate(running + queued):
         try:
-            got.append((k, "value", repr(backend.retrieve_result(out, timeout=30)), round(time.monotonic() - t0, 2)))
+            got.append((k, "value", repr(backend.retrieve_result(out, timeout=45)), round(time.monotonic() - t0, 2)))
         except CancelledError:
             got.append((k, "cancelled"))
         except BaseException as exc:
             got.append((k, type(exc).__name__, str(exc)[:200], round(time.monotonic() - t0, 2)))
-    assert all(g[1] == "cancelled" for g in got), got
-    # no task ran its 30 s: cancelled, not drained (a fresh environment without
-    # bytecode starts Ray workers slowly, which delays a cancel by seconds)
-    assert time.monotonic() - t0 < 25
+    assert all(g[1] == "cancelled" or (k < 2 and g[2] == "['finished']") for k, g in enumerate(got)), got
+    assert all(g[1] == "cancelled" for g in got[2:]), got  # no queued batch ran
+    # a queued batch drained after the running ones would end 60 s after the abort
+    assert time.monotonic() - t0 < 45, got
     assert run_batches(backend, [one(abs, -1)]) == [[1]]  # the backend still works
 
 
