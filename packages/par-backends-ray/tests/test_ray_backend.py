@@ -75,9 +75,10 @@ def test_ray_backend_pickles_without_ray_objects():
     assert nested.ray_options == {"num_cpus": 2, "max_retries": 0}
 
 
-def test_arguments_large_put_once_repeated_put_on_second_sight():
+def test_arguments_count_what_ray_put():
+    """The rule is ``par_api.arguments`` (tested there); here: ``put`` one object at a
+    time, counted as ``n_put``/``bytes_put``."""
     from par_backends_ray._arguments import CallArguments
-    from par_backends_ray._task import Slot, _fill
 
     stored = []
 
@@ -86,22 +87,11 @@ def test_arguments_large_put_once_repeated_put_on_second_sight():
         return f"ref{len(stored)}"
 
     big = bytearray(2000)
-    repeated = [object()] * 20  # not small, size unknown
     args = CallArguments(put, threshold=1000)
-    b1, refs1 = args.prepare(BatchedCalls([Task(len, (big, repeated, 3), {})]))
-    assert refs1 == ["ref1"] and stored == [big]  # big at once; repeated not yet
-    assert type(b1.tasks[0][1][0]) is Slot and b1.tasks[0][1][1] is repeated
-    b2, refs2 = args.prepare(BatchedCalls([Task(len, (big,), {"x": repeated}), Task(len, (big,), {})]))
-    assert refs2 == ["ref1", "ref2"] and stored == [big, repeated]  # big reused; repeated put now
-    placed = [a for t in b2.tasks for a in (*t[1], *t[2].values())]
-    assert [type(a) for a in placed] == [Slot] * 3 and [a.index for a in placed] == [0, 1, 0]
-    filled = _fill(b2, (big, repeated))
-    assert filled.tasks[0][1][0] is big and filled.tasks[0][2]["x"] is repeated
-    assert (args.n_put, args.bytes_put) == (2, 2000)
-    args.clear()
-    none = CallArguments(put, threshold=None)
-    batch = BatchedCalls([Task(len, (big,), {})])
-    assert none.prepare(batch) == (batch, [])
+    batch, refs = args.prepare(BatchedCalls([Task(len, (big,), {}), Task(len, (big,), {})]))
+    assert refs == ["ref1"] and stored == [big]
+    assert (args.n_put, args.bytes_put) == (1, 2000)
+    assert CallArguments(put, threshold=None).prepare(batch) == (batch, [])
 
 
 def test_remote_error_keeps_its_type_and_the_worker_traceback():

@@ -1,6 +1,7 @@
 """par-api: the contracts every par package codes against (standard library only)."""
 
 from .__about__ import __version__
+from .arguments import CallArguments, Slot, fill_slots
 from .backend import AutoBatchingMixin, ParallelBackendBase, TransportHooks, default_effective_n_jobs
 from .code import keep_code_filename
 from .config import (
@@ -46,6 +47,9 @@ from .worker import (
 )
 
 __all__ = [
+    "CallArguments",
+    "Slot",
+    "fill_slots",
     "ON_ERROR_VALUES",
     "TASK_TIMEOUT_EXIT_CODE",
     "check_on_error",

@@ -3,7 +3,7 @@
 A batch (``par_api.BatchedCalls``) runs in a Ray task as :func:`run_batch`. Arguments put
 into the object store by the driver (:mod:`par_backends_ray._arguments`) arrive as
 top-level arguments of the task, which Ray resolves to their values before the task
-starts; :class:`Slot` placeholders in the batch's tasks name them.
+starts; ``par_api.arguments.Slot`` placeholders in the batch's tasks name them.
 
 **Nested calls.** Ray gives back the CPU of a task only while the task's *own thread*
 is blocked in ``ray.get``/``ray.wait``; a task waiting in any other way (the par
@@ -25,28 +25,13 @@ import threading
 from typing import Any
 
 import ray
-from par_api import Task
+from par_api import fill_slots
 
-__all__ = ["Slot", "Waiter", "current_waiter", "run_batch"]
+__all__ = ["Waiter", "current_waiter", "run_batch"]
 
 #: How long the task's thread waits before it looks again at what the batch waits for
 #: (a new nested call, or the batch's end, wake it earlier through an event).
 _LOOK_AGAIN = 0.5
-
-
-class Slot:
-    """Placeholder for the ``index``-th object-store value passed to :func:`run_batch`."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Slot, (self.index,))
-
-    def __repr__(self) -> str:
-        return f"Slot({self.index})"
 
 
 class Waiter:
@@ -83,21 +68,6 @@ def current_waiter() -> Waiter | None:
     return _current
 
 
-def _fill(batch: Any, values: tuple[Any, ...]) -> Any:
-    """The batch with its :class:`Slot` placeholders replaced by ``values``."""
-    if not values:
-        return batch
-
-    def fill(arg: Any) -> Any:
-        return values[arg.index] if type(arg) is Slot else arg
-
-    tasks = [
-        Task(func, tuple(fill(a) for a in args), {k: fill(v) for k, v in kwargs.items()})
-        for func, args, kwargs in batch.tasks
-    ]
-    return type(batch)(tasks, batch.nested, batch.index)
-
-
 def _interrupt(thread: threading.Thread) -> None:
     """Raise ``KeyboardInterrupt`` in ``thread`` at its next Python instruction."""
     if thread.ident is not None:
@@ -108,7 +78,7 @@ def run_batch(batch: Any, *values: Any) -> list[Any]:
     """Run ``batch`` (with its placeholders filled) in a thread; wait for it as the
     module docstring says. Returns the batch's results or raises its exception."""
     global _current
-    batch = _fill(batch, values)
+    batch = fill_slots(batch, values)
     waiter = Waiter()
     outcome: dict[str, Any] = {}
 
