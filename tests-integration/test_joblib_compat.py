@@ -94,6 +94,32 @@ def test_n_jobs_none_takes_the_enclosing_configuration():
     assert out["threading"] == 2 and out["in_caller"] is False
 
 
+# -- 4. n_jobs=1 is a plain for-loop ------------------------------------------------------
+
+
+def test_one_job_reads_one_item_runs_it_then_reads_the_next():
+    out = assert_same(
+        """
+        events = []
+        def produce(n):
+            for i in range(n):
+                events.append(f"read {i}")
+                yield delayed(events.append)(f"run {i}")
+        Parallel(n_jobs=1)(produce(4))
+        OUT["list"] = events[:]
+        events.clear()
+        gen = Parallel(n_jobs=1, return_as="generator")(produce(3))
+        OUT["generator_created"] = events[:]  # nothing read or run before the first next()
+        next(gen)
+        OUT["after_first_next"] = events[:]
+        list(gen)
+        OUT["generator"] = events[:]
+        """
+    )
+    assert out["list"] == ["read 0", "run 0", "read 1", "run 1", "read 2", "run 2", "read 3", "run 3"]
+    assert out["generator_created"] == []
+
+
 # -- 2. the context managers yield what joblib's yield -----------------------------------
 
 
