@@ -264,9 +264,11 @@ class _ThreadPool:
                     else:
                         wake = min(wake, start + timeout)
             for ident, (_func, out, callback) in expired:
-                self.threads = [t for t in self.threads if t.ident != ident]
+                with self._lock:  # stop() reads the thread list under this lock
+                    self.threads = [t for t in self.threads if t.ident != ident]
+                    if not self._stopped.is_set():
+                        self._add_thread()
                 _async_raise(ident, TaskCancelled)  # stops it if it runs Python code
-                self._add_thread()
                 out._complete(
                     _FAILED,
                     TimeoutError(
@@ -313,12 +315,14 @@ class _ThreadPool:
             _async_raise(ident, None)
 
     def stop(self, join: bool) -> None:
-        self._stopped.set()
-        for _ in self.threads:
+        with self._lock:  # no replacement thread is added after this: each gets a stop marker
+            self._stopped.set()
+            threads = list(self.threads)
+        for _ in threads:
             self.queue.put(_STOP)
         if join:
             current = threading.current_thread()
-            for thread in self.threads:
+            for thread in threads:
                 if thread is not current:
                     thread.join()
 
