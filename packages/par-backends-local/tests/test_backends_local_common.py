@@ -191,12 +191,25 @@ class _FakeProcess:
         self.exitcode = exitcode
 
 
-def test_backends_crash_diagnose_prefers_the_dead_process_and_keeps_the_cause() -> None:
+def test_backends_crash_abnormal_exits_keeps_only_the_workers_that_failed() -> None:
+    procs = {1: _FakeProcess(1, None), 2: _FakeProcess(2, -11), 3: _FakeProcess(3, 0)}
+    assert _crash.abnormal_exits(procs) == [(2, -11)]
+
+
+def test_backends_crash_death_report_names_the_worker_whose_task_is_known_first() -> None:
+    tasks = {7: "task 3 (function f)"}
+    make = _crash.death_report([(5, -9), (7, 1)], tasks.get)
+    err = make()
+    assert (err.pid, err.exitcode, err.task) == (7, 1, "task 3 (function f)")
+    assert "Other workers that ended: pid 5 (SIGKILL)" in str(err)
+    assert make() is not err  # one error object per failed batch
+
+
+def test_backends_crash_death_report_reads_loky_exit_codes_and_keeps_the_cause() -> None:
     cause = RuntimeError("pool broke: {EXIT(1)}")
-    err = _crash.diagnose(cause, {1: _FakeProcess(1, None), 2: _FakeProcess(2, -11)})
-    assert err.pid == 2 and err.exitcode == -11 and err.__cause__ is cause
-    err = _crash.diagnose(cause, {})
+    err = _crash.death_report([], cause=cause)()
     assert err.pid is None and err.exitcode == 1 and "exited with code 1" in str(err)
+    assert err.__cause__ is cause
 
 
 def test_fill_source_lines_adds_only_missing_source_from_the_parents_linecache():

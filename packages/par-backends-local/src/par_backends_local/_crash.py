@@ -1,8 +1,12 @@
 """Worker-death diagnosis: from an exit code (or signal) to a message a user can act on.
 
 Every process backend of this package reports a dead worker through
-:func:`worker_died_error`, so the wording, the likely causes and the attributes of the
-resulting :class:`par_api.WorkerDiedError` (``exitcode``, ``pid``) are decided here only.
+:func:`death_report` (which worker and task to name) and :func:`worker_died_error` (the
+wording, the likely causes and the attributes of the resulting
+:class:`par_api.WorkerDiedError`: ``exitcode``, ``pid``, ``task``): they are decided here
+only. The pools differ only in how they notice a death (loky's executor raises
+``TerminatedWorkerError``; the ``multiprocessing`` backend's watcher sees a worker's
+sentinel fire); both hand it to ``ProcessBackendBase.worker_death``.
 
 Exit codes follow :attr:`multiprocessing.Process.exitcode`: ``-N`` means the process
 was killed by signal ``N``, a value ``>= 0`` is the status it exited with.
@@ -121,21 +125,11 @@ def parse_exitcodes(message: str) -> list[int]:
     return codes
 
 
-def diagnose(
-    cause: BaseException,
-    processes: Mapping[int, Any] | Iterable[Any] = (),
-    describe: Callable[[int | None], str | None] | None = None,
-) -> WorkerDiedError:
-    """Turn a pool's "a worker terminated" exception into a :class:`WorkerDiedError`.
-
-    ``processes`` are the worker process objects (``pid`` and ``exitcode`` attributes, as
-    :class:`multiprocessing.Process`) that were alive before the failure: the ones that
-    have exited abnormally by now name the pid; otherwise the exit codes printed in the
-    message of ``cause`` are used. ``describe(pid)``, when given, says which task a dead
-    worker was running (None when unknown).
-    """
+def abnormal_exits(processes: Mapping[int, Any] | Iterable[Any]) -> list[tuple[int | None, int]]:
+    """``(pid, exit code)`` of the worker processes (``pid`` and ``exitcode`` attributes, as
+    :class:`multiprocessing.Process`) that have ended with a non-zero code."""
     procs = list(processes.values()) if isinstance(processes, Mapping) else list(processes)
-    dead: list[tuple[int | None, int | None]] = []
+    dead: list[tuple[int | None, int]] = []
     for proc in procs:
         try:
             code = proc.exitcode
@@ -143,21 +137,34 @@ def diagnose(
             continue
         if code is not None and code != 0:
             dead.append((getattr(proc, "pid", None), code))
-    if dead:
-        if describe is not None:
-            # Name first a dead worker whose running task is known.
-            described = [(p, c, describe(p)) for p, c in dead]
-            described.sort(key=lambda item: item[2] is None)
-        else:
-            described = [(p, c, None) for p, c in dead]
-        pid, code, task = described[0]
-        extra = ""
-        if len(described) > 1:
-            others = ", ".join(f"pid {p} ({_code_text(c)})" for p, c, _ in described[1:])
-            extra = f"Other workers that ended: {others}."
-        return worker_died_error(code, pid, cause=cause, extra=extra, task=task)
-    codes = parse_exitcodes(str(cause))
-    return worker_died_error(codes[0] if codes else None, None, cause=cause)
+    return dead
+
+
+def death_report(
+    dead: Iterable[tuple[int | None, int | None]],
+    describe: Callable[[int | None], str | None] | None = None,
+    cause: BaseException | None = None,
+) -> Callable[[], WorkerDiedError]:
+    """The one rule for naming a worker death, whichever pool saw it.
+
+    ``dead`` are the ``(pid, exit code)`` of the workers that ended; ``describe(pid)``,
+    when given, says which task a dead worker was running (None when unknown). The
+    worker whose task is known is named first, the others are listed after it. With no
+    dead worker observed, the exit codes printed in ``cause``'s message (loky's
+    ``TerminatedWorkerError``) are used. Returns a factory: each failed batch gets its
+    own :class:`WorkerDiedError` (an exception object carries its own traceback).
+    """
+    described = [(pid, code, describe(pid) if describe is not None else None) for pid, code in dead]
+    if not described:
+        codes = parse_exitcodes(str(cause)) if cause is not None else []
+        described = [(None, codes[0] if codes else None, None)]
+    described.sort(key=lambda item: item[2] is None)  # stable: the order of ``dead`` otherwise
+    pid, code, task = described[0]
+    extra = ""
+    if len(described) > 1:
+        others = ", ".join(f"pid {p} ({_code_text(c)})" for p, c, _ in described[1:])
+        extra = f"Other workers that ended: {others}."
+    return lambda: worker_died_error(code, pid, cause=cause, extra=extra, task=task)
 
 
 def _code_text(code: int | None) -> str:

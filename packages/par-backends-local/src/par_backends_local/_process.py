@@ -5,12 +5,12 @@ worker (serialized in the caller's thread, given a tracking token, described by 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from par_api import ParallelBackendBase, cpu_count, normalize_n_jobs
+from par_api import ParallelBackendBase, WorkerDiedError, cpu_count, normalize_n_jobs
 
-from . import _tracking
+from . import _crash, _tracking
 from ._common import check_initializer, nested_process_n_jobs, serialize
 
 __all__ = ["ProcessBackendBase", "nested_threads"]
@@ -68,6 +68,20 @@ class ProcessBackendBase(ParallelBackendBase):
         token = _tracking.tracker().new_token()
         info = _tracking.BatchInfo.of(func, payload)
         return _tracking.TrackedBatch(payload, token), token, info, took
+
+    @staticmethod
+    def worker_death(
+        dead: Iterable[tuple[int | None, int | None]],
+        batches: Mapping[int, Any],
+        cause: BaseException | None = None,
+    ) -> Callable[[], WorkerDiedError]:
+        """What both pools do when they notice that workers died: ``dead`` are their
+        ``(pid, exit code)``, ``batches`` the descriptions of the batches not finished
+        (tracking token -> ``BatchInfo``). The task each dead worker was running is read
+        from the tracker; :func:`_crash.death_report` names the worker whose task is
+        known. Returns a factory of the error that every pending batch fails with."""
+        table = dict(batches)
+        return _crash.death_report(dead, lambda pid: _tracking.tracker().describe_pid(pid, table), cause)
 
     def retrieve_result_callback(self, out: Any) -> Any:
         """The batch's results, or raise its exception (``WorkerDiedError`` when a worker died)."""

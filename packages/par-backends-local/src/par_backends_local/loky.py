@@ -201,8 +201,7 @@ class LokyBackend(ProcessBackendBase):
         from loky.process_executor import TerminatedWorkerError
 
         if isinstance(exc, TerminatedWorkerError):
-            table = dict(batches) if batches is not None else {}
-            return _crash.diagnose(exc, workers, lambda pid: _tracking.tracker().describe_pid(pid, table))
+            return LokyBackend.worker_death(_crash.abnormal_exits(workers), batches or {}, cause=exc)()
         return adopt_remote_traceback(exc)
 
     # -- life cycle -----------------------------------------------------------------

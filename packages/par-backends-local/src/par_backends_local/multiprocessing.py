@@ -26,7 +26,6 @@ initializers run.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import multiprocessing
@@ -39,7 +38,7 @@ from typing import Any
 
 from par_api import TransportHooks, WorkerDiedError
 
-from . import _crash, _recycling, _tracking
+from . import _recycling, _tracking
 from ._common import (
     adopt_remote_traceback,
     check_backend_kwargs,
@@ -219,21 +218,10 @@ class _PoolState:
                 return
             with self.lock:
                 batches = dict(self.batches)
-            # Name first a dead worker whose running task is known.
-            tasks = {p.pid: _tracking.tracker().describe_pid(p.pid, batches) for p in dead}
-            dead.sort(key=lambda p: tasks[p.pid] is None)
-            proc = dead[0]
-            exitcode, pid, task = _exitcode(proc), proc.pid, tasks[proc.pid]
-            extra = ""
-            if len(dead) > 1:
-                extra = (
-                    "Other workers that ended: "
-                    + ", ".join(f"pid {p.pid} (exit code {_exitcode(p)})" for p in dead[1:])
-                    + "."
-                )
+            make_error = ProcessBackendBase.worker_death([(p.pid, _exitcode(p)) for p in dead], batches)
             with self.lock:  # from now on submit() starts a new pool instead
-                self.broken = _crash.worker_died_error(exitcode, pid, extra=extra, task=task)
-            self.fail_all(functools.partial(_crash.worker_died_error, exitcode, pid, extra=extra, task=task))
+                self.broken = make_error()
+            self.fail_all(make_error)
             # The pool would replace the worker but never finish its task: discard it.
             self.shutdown(kill=True, from_watcher=True)
             return
