@@ -35,6 +35,7 @@ from .registry import (
     multiprocessing_available,
     register_parallel_backend,
 )
+from .shm import SHM_FOLDER, shm_folder
 from .task import BatchedCalls, Task, TaskTuple, delayed
 from .worker import (
     bind_worker_state,
@@ -47,6 +48,8 @@ from .worker import (
 )
 
 __all__ = [
+    "SHM_FOLDER",
+    "shm_folder",
     "CallArguments",
     "Slot",
     "fill_slots",

@@ -34,6 +34,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from par_api import SHM_FOLDER
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -58,7 +60,6 @@ FOLDER_PREFIX = "par_memmap_"
 #: The environment variables naming a temp folder, in order of precedence.
 ENV_VARS: tuple[str, ...] = ("PAR_TEMP_FOLDER", "JOBLIB_TEMP_FOLDER")
 #: The shared-memory file system tried before the system temp folder.
-SHM_FOLDER = "/dev/shm"
 #: Room left free in /dev/shm beyond the array being written.
 SHM_RESERVE_BYTES = 8 * 1024 * 1024
 #: The system temporary folder variables, in the order :mod:`tempfile` reads them.

@@ -27,6 +27,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from par_api import shm_folder
+
 from ._orphans import sweep_orphans
 
 #: Prefix of the exchange folders (``<shm>/par-xchg-<pid>-<random>``).
@@ -36,8 +38,6 @@ DEFAULT_SPILL_THRESHOLD = 2**20
 #: Batches (parent to worker) above this size keep going through the pipe: a spilled
 #: batch occupies RAM until a worker takes it, and ``pre_dispatch`` batches wait ahead.
 SPILL_MAX_BATCH = 64 * 2**20
-#: The shared-memory folder used when it exists and is writable.
-SHM_DIR = "/dev/shm"
 
 _counter = itertools.count()
 _swept = False
@@ -45,10 +45,9 @@ _sweep_lock = threading.Lock()
 
 
 def shm_base() -> str | None:
-    """``/dev/shm`` when it is a writable folder, else None (no spilling)."""
-    if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK | os.X_OK):
-        return SHM_DIR
-    return None
+    """``par_api.SHM_FOLDER`` (``/dev/shm``) when it is a writable folder, else None (no
+    spilling)."""
+    return shm_folder()
 
 
 def _remove_tree(path: str, owner_pid: int) -> None:
