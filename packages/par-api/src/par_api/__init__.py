@@ -25,6 +25,7 @@ from .cpu import cpu_count, cpu_count_report
 from .exceptions import BackendNotAvailableError, RemoteTraceback, WorkerDiedError
 from .njobs import check_n_jobs, check_prefer, check_prefer_require, check_require, normalize_n_jobs
 from .policy import ON_ERROR_VALUES, TASK_TIMEOUT_EXIT_CODE, check_on_error, check_retries, check_retry_on
+from .process_local import ProcessLocal
 from .registry import (
     ENTRY_POINT_GROUP,
     available_backends,
@@ -48,6 +49,7 @@ from .worker import (
 )
 
 __all__ = [
+    "ProcessLocal",
     "SHM_FOLDER",
     "shm_folder",
     "CallArguments",

@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
+from par_api import ProcessLocal
+
 from . import _recycling
 
 __all__ = [
@@ -282,20 +284,12 @@ class TaskTracker:
         return describe_batch(batches[token])
 
 
-_tracker: TaskTracker | None = None
-_tracker_lock = threading.Lock()
+_tracker: ProcessLocal[TaskTracker] = ProcessLocal(TaskTracker)
 
 
 def tracker() -> TaskTracker:
     """This process's :class:`TaskTracker` (a new one after a fork)."""
-    global _tracker
-    current = _tracker
-    if current is not None and current._pid == os.getpid():
-        return current
-    with _tracker_lock:
-        if _tracker is None or _tracker._pid != os.getpid():
-            _tracker = TaskTracker()
-        return _tracker
+    return _tracker.get()
 
 
 def worker_steps() -> tuple[tuple[Callable[..., Any], tuple[Any, ...]], ...]:

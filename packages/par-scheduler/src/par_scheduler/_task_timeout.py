@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from par_api import TASK_TIMEOUT_EXIT_CODE, WorkerDiedError, task_timeout_handler
+from par_api import TASK_TIMEOUT_EXIT_CODE, ProcessLocal, WorkerDiedError, task_timeout_handler
 
 __all__ = ["GRACE", "watchdog"]
 
@@ -100,17 +100,9 @@ def _stderr_fd() -> int | None:
         return None
 
 
-_watchdog: _Watchdog | None = None
-_lock = threading.Lock()
+_watchdog: ProcessLocal[_Watchdog] = ProcessLocal(_Watchdog)
 
 
 def watchdog() -> _Watchdog:
     """This process's watchdog (started on first use; a new one in a forked child)."""
-    global _watchdog
-    current = _watchdog
-    if current is not None and current.pid == os.getpid():
-        return current
-    with _lock:
-        if _watchdog is None or _watchdog.pid != os.getpid():
-            _watchdog = _Watchdog()
-        return _watchdog
+    return _watchdog.get()

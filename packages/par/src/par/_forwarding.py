@@ -48,6 +48,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from par_api import ProcessLocal
+
 __all__ = ["FLUSH_EVERY", "Forwarded", "forwarding_serializer", "parent_level"]
 
 #: A batch running longer than this (seconds) sends what it has buffered so far.
@@ -166,20 +168,12 @@ class _Server:
                     pass
 
 
-_server: _Server | None = None
-_server_lock = threading.Lock()
+_server: ProcessLocal[_Server] = ProcessLocal(_Server)
 
 
 def server() -> _Server:
     """This process's forwarding server (started on first use; a new one after fork)."""
-    global _server
-    current = _server
-    if current is not None and current.pid == os.getpid():
-        return current
-    with _server_lock:
-        if _server is None or _server.pid != os.getpid():
-            _server = _Server()
-        return _server
+    return _server.get()
 
 
 def parent_level() -> int:
