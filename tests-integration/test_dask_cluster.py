@@ -23,7 +23,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("par_backends_dask")
 
-from par import Parallel, delayed, parallel_config  # noqa: E402
+from par import Parallel, WorkerDiedError, delayed, parallel_config  # noqa: E402
 from par_backends_dask import close_clients  # noqa: E402
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -472,3 +472,67 @@ def test_dask_on_error_return_and_collect(cluster):
     assert info.value.results[:3] == [0, 1, 2]
     _wait_no_par_tasks(client)
     assert not _par_tasks(client)
+
+
+def _flaky_file(i, folder, fails):
+    """Raises ConnectionError ``fails`` times (counted in a file: the attempts may run on
+    different workers), then returns ``i``."""
+    path = os.path.join(folder, str(i))
+    with open(path, "a") as f:
+        f.write("x")
+    with open(path) as f:
+        runs = len(f.read())
+    if runs <= fails:
+        raise ConnectionError(f"flaky {i} run {runs}")
+    return i
+
+
+@pytest.mark.parametrize("on_error", ["raise", "return"])
+def test_dask_retries_on_listed_exceptions(cluster, tmp_path, on_error):
+    """retries/retry_on on dask: a listed exception is retried, an unlisted one is not."""
+    _, client = cluster
+    events = []
+    with parallel_config(backend="dask", client=client):
+        out = Parallel(
+            n_jobs=2, on_error=on_error, retries=2, retry_on=(ConnectionError,), progress=events.append
+        )(delayed(_flaky_file)(i, str(tmp_path), 2 if i == 4 else 0) for i in range(8))
+        assert out == list(range(8))
+        assert events[-1].n_retried == 2 and events[-1].n_failed == 0
+        (tmp_path / "other").mkdir()
+        out = Parallel(n_jobs=2, on_error="return", retries=3, retry_on=(KeyError,))(
+            delayed(_flaky_file)(i, str(tmp_path / "other"), 1 if i == 2 else 0) for i in range(4)
+        )
+    assert isinstance(out[2], ConnectionError) and out[:2] == [0, 1] and out[3] == 3
+    assert (tmp_path / "other" / "2").read_text() == "x"  # ran once: not listed
+    _wait_no_par_tasks(client)
+
+
+def _exit_at(i, at, marker):
+    """``os._exit(1)`` at task ``at`` (while ``marker`` does not exist, when given)."""
+    if i == at and (marker is None or not os.path.exists(marker)):
+        if marker is not None:
+            open(marker, "w").close()
+        os._exit(1)
+    return i
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_dask_crash_isolation_only_the_killer_fails(cluster, tmp_path):
+    """A task that kills its dask worker, in a batch of three. dask reruns the batch on
+    other workers until it gives up (KilledWorker after allowed-failures + 1 = 4 deaths);
+    par then runs the batch's tasks one by one, and only the killer fails (4 more
+    deaths), with a WorkerDiedError in its place: its batch neighbours get their
+    results. (1-2.5 minutes here: 8 worker restarts by the nannies.) A task that kills
+    its worker only once gets its result (dask's own rerun)."""
+    _, client = cluster
+    with parallel_config(backend="dask", client=client):
+        out = Parallel(n_jobs=2, on_error="return", batch_size=3)(
+            delayed(_exit_at)(i, 4, None) for i in range(6)
+        )
+        assert isinstance(out[4], WorkerDiedError) and "par: task 4 (" in out[4].__notes__[0]
+        assert [r for i, r in enumerate(out) if i != 4] == [0, 1, 2, 3, 5]
+        client.wait_for_workers(2, timeout=60)
+        out = Parallel(n_jobs=2, batch_size=3)(delayed(_exit_at)(i, 4, str(tmp_path / "died")) for i in range(6))
+    assert out == list(range(6))
+    client.wait_for_workers(2, timeout=60)
