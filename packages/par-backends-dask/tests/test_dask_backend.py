@@ -571,3 +571,18 @@ def test_dask_worker_state_lives_on_each_worker(backend):
     assert sum(len(v) for v in by_worker.values()) == 24
     for counts in by_worker.values():  # one dict per dask worker, kept across calls
         assert sorted(counts) == list(range(1, len(counts) + 1))
+
+
+def test_dask_abort_forgets_the_start_reports_it_awaited(backend):
+    from par_backends_dask import _timeouts
+
+    backend.task_timeout = 30.0
+    try:
+        backend.start_call()
+        backend.submit(one(time.sleep, 5))
+        assert len(_timeouts._handlers) >= 1
+        backend.abort_everything()
+        assert _timeouts._handlers == {}
+    finally:
+        backend.stop_call()
+        backend.task_timeout = None

@@ -705,11 +705,14 @@ class DaskBackend(ParallelBackendBase):
         call's scattered arguments. The client stays: the backend remains usable."""
         with self._lock:
             pending = list(self._pending)
+            timed = [f for f, entry in self._pending.items() if entry.timeout is not None]
             self._pending.clear()
             args, self._args = self._args, None
             if len(self._cancelled) > 10000:
                 self._cancelled.clear()
             self._cancelled.update(f.key for f in pending)
+        for fut in timed:  # no start report is awaited any more
+            forget(str(fut.key))
         client = self._active_client
         if pending and client is not None:
             with contextlib.suppress(Exception):
