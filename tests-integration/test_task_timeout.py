@@ -5,6 +5,9 @@ its worker is ended and replaced, and every other task gets its result.
 Process backends (``loky``, ``multiprocessing``): the worker ends itself and is
 replaced. ``threading``: a thread cannot be stopped, so the hung task's thread is
 abandoned (interrupted when it runs Python code) and a new one takes its place.
+``dask``: the backend counts from each task's start report, cancels the overrunning
+future and interrupts its thread on the worker (Python code stops; a task blocked in C
+keeps its worker thread until it returns).
 """
 
 from __future__ import annotations
@@ -189,3 +192,111 @@ def test_verbose_counts_the_timeouts(backend, capsys, no_leftover):
         delayed(_hangs_at)(i, {0}) for i in range(3)
     )
     assert "timed out: 1" in capsys.readouterr().err
+
+
+# -- dask: the backend measures the timeout from the task's start on its worker ---------
+@pytest.fixture(scope="module")
+def dask_client():
+    """A two-worker LocalCluster (one thread each) and its client, closed at the end."""
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("par_backends_dask")
+    saved = dict(os.environ)  # the nannies write their environment into os.environ
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:
+        os.environ.clear()
+        os.environ.update(saved)
+        with distributed.Client(cluster, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+            yield client
+
+
+def _dask_workers_idle(client):
+    """Whether no worker runs a task (a cancelled task still running counts)."""
+
+    def executing(dask_worker):
+        return len(dask_worker.state.executing)
+
+    return not any(client.run(executing).values())
+
+
+@pytest.mark.dask
+@pytest.mark.parametrize("return_as", ["list", "generator_unordered"])
+def test_dask_a_hung_task_gets_a_timeout_error_and_the_others_their_results(dask_client, return_as):
+    """The hung tasks spin in Python: their futures are cancelled, their threads on the
+    workers interrupted, and both workers go on with the other tasks."""
+    from par import parallel_config
+
+    events: list[ProgressEvent] = []
+    t0 = time.monotonic()
+    with parallel_config(backend="dask", client=dask_client):
+        out = list(
+            Parallel(n_jobs=2, timeout=1, on_error="return", return_as=return_as, progress=events.append)(
+                delayed(_spins_at)(i, {2, 9}) for i in range(16)
+            )
+        )
+    took = time.monotonic() - t0
+    failed = [o for o in out if isinstance(o, BaseException)]
+    assert len(out) == 16 and [type(e) for e in failed] == [TimeoutError, TimeoutError]
+    assert sorted(o for o in out if not isinstance(o, BaseException)) == [i * 10 for i in range(16) if i not in (2, 9)]
+    message = sorted(str(e) for e in failed)[0]
+    assert "task 2 (" in message and "timeout=1 seconds" in message and "dask future" in message
+    if return_as == "list":
+        assert isinstance(out[2], TimeoutError) and isinstance(out[9], TimeoutError)
+    assert took < 60
+    assert events[-1].n_failed == 2 and events[-1].n_timed_out == 2
+    assert wait_for(lambda: _dask_workers_idle(dask_client), 10)  # the spinning tasks were stopped
+
+
+@pytest.mark.dask
+def test_dask_the_clock_starts_when_the_task_starts_on_its_worker(dask_client):
+    from par import parallel_config
+
+    with parallel_config(backend="dask", client=dask_client):
+        out = Parallel(n_jobs=2, timeout=0.5, on_error="return")(delayed(time.sleep)(0.05) for _ in range(40))
+    assert out == [None] * 40
+
+
+@pytest.mark.dask
+def test_dask_a_timed_out_task_is_retried(dask_client, tmp_path):
+    from par import parallel_config
+
+    events: list[ProgressEvent] = []
+    with parallel_config(backend="dask", client=dask_client):
+        out = Parallel(n_jobs=2, timeout=1, on_error="return", retries=1, progress=events.append)(
+            delayed(_spins_once)(i, str(tmp_path)) for i in range(6)
+        )
+    assert out == [i * 10 for i in range(6)]
+    assert events[-1].n_retried == 1 and events[-1].n_failed == 0
+
+
+@pytest.mark.dask
+def test_dask_a_task_blocked_in_c_keeps_its_worker_thread_until_it_returns(dask_client):
+    """A thread blocked in C code cannot be interrupted: the task gets its
+    ``TimeoutError`` at once, but its worker's thread stays taken until the call returns
+    (here 3 s); the other tasks run on the other worker meanwhile, then on both."""
+    from par import parallel_config
+
+    with parallel_config(backend="dask", client=dask_client):
+        out = Parallel(n_jobs=2, timeout=0.5, on_error="return")(
+            delayed(_sleeps_at)(i, {0}, 3) for i in range(8)
+        )
+    assert isinstance(out[0], TimeoutError) and out[1:] == [i * 10 for i in range(1, 8)]
+    assert wait_for(lambda: _dask_workers_idle(dask_client), 10)
+
+
+def _spins_once(i, folder):
+    """Task 3 spins (in Python) the first time only."""
+    marker = os.path.join(folder, f"ran-{i}")
+    if i == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        while True:
+            pass
+    return i * 10
+
+
+def _sleeps_at(i, hang, seconds):
+    if i in hang:
+        time.sleep(seconds)  # blocked in C
+    time.sleep(0.02)
+    return i * 10

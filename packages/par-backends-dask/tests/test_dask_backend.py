@@ -318,15 +318,15 @@ def _submit_and_wait(backend, batch, timeout=20):
         backend.stop_call()
 
 
-def test_dask_watch_completes_a_batch_whose_done_callback_is_lost(quick_watch, monkeypatch, caplog):
-    # dask never calls back (the callback registration is dropped): the watcher sees the
+def test_dask_watch_completes_a_batch_whose_completion_is_not_reported(quick_watch, monkeypatch, caplog):
+    # as_completed never reports the future (it is never given it): the watch sees the
     # future done and completes it
-    monkeypatch.setattr(distributed.Future, "add_done_callback", lambda self, fn: None)
+    monkeypatch.setattr(distributed.as_completed, "update", lambda self, futures: None)
     with caplog.at_level("WARNING", logger="par_backends_dask"):
         future, got = _submit_and_wait(quick_watch, one(abs, -5))
     assert got == [future]  # once, with the batch's own future
     assert quick_watch.retrieve_result_callback(future) == [5]
-    assert "did not run within" in caplog.text
+    assert "was not reported within" in caplog.text
 
 
 def _drop_completion_reports(client, monkeypatch, times):
@@ -373,10 +373,101 @@ def test_dask_watch_leaves_long_running_batches_alone(quick_watch, caplog):
     assert got == [future]
     assert [r.getMessage() for r in caplog.records if r.name == "par_backends_dask"] == []
     assert not quick_watch._pending
-    deadline = time.monotonic() + 5
-    while quick_watch._watcher is not None and time.monotonic() < deadline:
+    assert quick_watch._watch_state is None  # stop_call ended the watch
+
+
+def _watch_threads():
+    return [t for t in threading.enumerate() if t.name == "par-dask-watch" and t.is_alive()]
+
+
+def test_dask_no_thread_outlives_the_call(backend):
+    """The completion watch ends with the call, and no ``Dask-Callback-Thread`` is made
+    (``Future.add_done_callback`` is not used)."""
+    before = {t.ident for t in threading.enumerate()}
+    assert run_batches(backend, [one(abs, -i) for i in range(6)]) == [[i] for i in range(6)]
+    new = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not [n for n in new if n == "par-dask-watch" or n.startswith("Dask-Callback-Thread")], new
+
+
+def test_dask_watch_ends_when_idle_without_stop_call(backend):
+    backend.watch_idle, backend.watch_interval = 0.3, 0.1
+    backend.start_call()
+    out = backend.submit(one(abs, -3))
+    assert backend.retrieve_result(out, timeout=30) == [3]
+    deadline = time.monotonic() + 10
+    while _watch_threads() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert quick_watch._watcher is None  # the watcher thread ends with the last batch
+    assert not _watch_threads()
+    backend.stop_call()
+
+
+# -- per-task timeouts ------------------------------------------------------------------
+def _hang_in_python(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # Python code: the interruption stops it
+        pass
+    return "finished"
+
+
+def _worker_busy(client):
+    """Keys the workers are executing now (including cancelled ones still running)."""
+
+    def executing(dask_worker):
+        return [str(ts.key) for ts in dask_worker.state.executing]
+
+    return {k for keys in client.run(executing).values() for k in keys}
+
+
+def _submit_timed(backend, batches, timeout):
+    """Submit ``batches`` with a per-task timeout, as the scheduler does; wait for every
+    callback; return the futures they were given, in submission order."""
+    got: dict[int, object] = {}
+    event = threading.Event()
+
+    def callback(i, out):
+        got[i] = out
+        if len(got) == len(batches):
+            event.set()
+
+    backend.task_timeout = timeout
+    backend.start_call()
+    try:
+        for i, b in enumerate(batches):
+            backend.submit(b, callback=lambda out, i=i: callback(i, out))
+        assert event.wait(60), got
+        return [got[i] for i in range(len(batches))]
+    finally:
+        backend.stop_call()
+        backend.task_timeout = None
+
+
+def test_dask_task_timeout_fails_the_overrunning_batch_only(backend, client):
+    t0 = time.monotonic()
+    outs = _submit_timed(backend, [one(_hang_in_python, 60), one(abs, -1), one(abs, -2)], timeout=1.0)
+    took = time.monotonic() - t0
+    with pytest.raises(TimeoutError, match=r"cancelled after .* interrupted if it runs Python code"):
+        backend.retrieve_result_callback(outs[0])
+    assert [backend.retrieve_result_callback(o) for o in outs[1:]] == [[1], [2]]
+    assert took < 30
+    # the hung batch ran Python code: its thread was interrupted, the worker is free
+    deadline = time.monotonic() + 10
+    while _worker_busy(client) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _worker_busy(client)
+
+
+def test_dask_task_timeout_counts_from_the_start_on_the_worker(backend):
+    # 8 batches of 0.3 s on 2 worker threads: 1.2 s in all, none over 0.8 s alone
+    outs = _submit_timed(backend, [one(time.sleep, 0.3) for _ in range(8)], timeout=0.8)
+    assert [backend.retrieve_result_callback(o) for o in outs] == [[None]] * 8
+
+
+def test_dask_run_timed_reports_the_start_and_withdraws_a_late_interrupt():
+    from par_backends_dask import _timeouts
+
+    assert _timeouts.run_timed("k-1", one(abs, -4)) == [4]  # not on a worker: no event
+    assert not _timeouts.interrupt("k-1")  # not running any more
+    assert not _timeouts._running
 
 
 # -- arguments: scattered once per call -----------------------------------------------
@@ -480,3 +571,18 @@ def test_dask_worker_state_lives_on_each_worker(backend):
     assert sum(len(v) for v in by_worker.values()) == 24
     for counts in by_worker.values():  # one dict per dask worker, kept across calls
         assert sorted(counts) == list(range(1, len(counts) + 1))
+
+
+def test_dask_abort_forgets_the_start_reports_it_awaited(backend):
+    from par_backends_dask import _timeouts
+
+    backend.task_timeout = 30.0
+    try:
+        backend.start_call()
+        backend.submit(one(time.sleep, 5))
+        assert len(_timeouts._handlers) >= 1
+        backend.abort_everything()
+        assert _timeouts._handlers == {}
+    finally:
+        backend.stop_call()
+        backend.task_timeout = None

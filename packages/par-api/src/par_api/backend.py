@@ -75,8 +75,14 @@ class ParallelBackendBase(ABC):
     #: batch. Process workers (``uses_threads`` false) end themselves with exit code
     #: ``TASK_TIMEOUT_EXIT_CODE`` and the backend fails the batch with a
     #: ``WorkerDiedError`` carrying that ``exitcode`` (as for any worker death); a thread
-    #: backend watches ``task_timeout`` itself and fails the batch with a ``TimeoutError``.
+    #: backend watches ``task_timeout`` itself and fails the batch with a ``TimeoutError``,
+    #: and so does a process backend with ``watches_task_timeout``.
     supports_task_timeout: bool = False
+    #: With ``supports_task_timeout``: the backend measures ``task_timeout`` itself and
+    #: fails an overrunning batch with a ``TimeoutError``, also when its workers are
+    #: processes (``uses_threads`` false), whose tasks then run with no watchdog that ends
+    #: the process (a cluster backend: its workers are shared and must not exit).
+    watches_task_timeout: bool = False
     #: Set by the scheduler before ``start_call`` on a backend with
     #: ``supports_task_timeout``: the call's per-task timeout in seconds, or None when
     #: none applies (a backend may expect its workers to end themselves meanwhile).

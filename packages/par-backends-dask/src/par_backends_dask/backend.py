@@ -22,16 +22,26 @@ on the first error, a timeout or an interrupt). What is specific to dask:
   from a task running on a dask worker waits for its results, that task leaves the
   worker's thread pool (``distributed.secede``; ``rejoin`` at the end of the call), so
   waiting parents never hold every thread while their children queue.
-- **Completion watch**: completions come from ``Future.add_done_callback``. While
-  batches are pending, a watcher thread checks them every ``watch_interval`` seconds: a
-  future that is done but whose callback has not run within ``watch_grace`` seconds is
-  completed by the watcher; a batch pending for more than ``watch_after`` seconds is
-  looked up on the scheduler, and one that the scheduler reports finished (or does not
-  know) while this client still waits for it, for ``watch_grace`` seconds, is submitted
-  again under a new key (with a warning in the log), at most ``max_recoveries`` times
-  before it fails with a ``RuntimeError``. A lost message thus costs seconds, not a hang
-  (an intermittent hang of nested calls on worker clients was seen in testing, cause
-  not found in dask).
+- **Completion watch**: one thread per backend (``par-dask-watch``), started by the first
+  ``submit`` and ended by ``stop_call``/``abort_everything``/``terminate`` (or after
+  ``watch_idle`` seconds with nothing pending), learns that batches finished from a
+  ``distributed.as_completed`` given each future as it is submitted (it waits on the
+  client's event loop: no ``Future.add_done_callback``, whose ``Dask-Callback-Thread``
+  would outlive the call), and runs their callbacks. Every ``watch_interval`` seconds it
+  also checks the pending batches: a future that is done but was not reported within
+  ``watch_grace`` seconds is completed by the watch; a batch pending for more than
+  ``watch_after`` seconds is looked up on the scheduler, and one that the scheduler
+  reports finished (or does not know) while this client still waits for it, for
+  ``watch_grace`` seconds, is submitted again under a new key (with a warning in the
+  log), at most ``max_recoveries`` times before it fails with a ``RuntimeError``. A lost
+  message thus costs seconds, not a hang (an intermittent hang of nested calls on worker
+  clients was seen in testing, cause not found in dask).
+- **Per-task timeouts** (``task_timeout``, set by the scheduler with ``on_error`` other
+  than ``'raise'``): each batch reports its start on its worker
+  (:mod:`par_backends_dask._timeouts`), and the watch fails a batch that has run longer
+  than ``task_timeout`` seconds with a ``TimeoutError``: its future is cancelled and its
+  thread on the worker is interrupted (which stops Python code; a call blocked in C code
+  keeps the worker's thread until it returns). The other batches keep running.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from concurrent.futures import Future as _LocalFuture
+from functools import partial
 from typing import Any
 
 import distributed
@@ -53,6 +64,7 @@ from par_api import ParallelBackendBase, WorkerDiedError, check_n_jobs, parse_nb
 from ._client import ENV_SCHEDULER, NO_CLIENT_MESSAGE, in_worker_task, release_client, resolve_client
 from ._pickling import KeepCode
 from ._scatter import DEFAULT_SCATTER_THRESHOLD, CallArguments, run_batch
+from ._timeouts import forget, interrupt_soon, run_timed, watch_start
 
 __all__ = ["DaskBackend"]
 
@@ -93,17 +105,59 @@ class _Batch:
     """A submitted batch: its current dask future, what ``client.submit`` was given (to
     submit it again) and the scheduler's completion callback, fired once."""
 
-    __slots__ = ("args", "asked", "callback", "fired", "future", "recoveries", "since", "suspect_since")
+    __slots__ = (
+        "args", "asked", "callback", "fired", "future", "recoveries", "since", "started", "suspect_since",
+        "timeout", "worker",
+    )  # fmt: skip
 
-    def __init__(self, args: tuple[Any, ...], callback: Callable[[Any], None] | None) -> None:
-        self.args = args
+    def __init__(
+        self, args: tuple[Any, ...], callback: Callable[[Any], None] | None, timeout: float | None
+    ) -> None:
+        self.args = args  # (batch, *scattered futures)
         self.callback = callback
+        self.timeout = timeout  # per-task timeout, or None
         self.future: Any = None
         self.fired = False
         self.since = time.monotonic()  # submitted (or submitted again) at
         self.suspect_since: float | None = None  # first seen done here or lost there
         self.asked = 0.0  # last looked up on the scheduler at
         self.recoveries = 0
+        self.started: float | None = None  # its start on a worker was reported at
+        self.worker: str | None = None  # the worker it started on
+
+
+class _Watch:
+    """One run of the completion watch thread: the ``distributed.as_completed`` that
+    reports the futures of its batches as they finish (no thread of its own: it waits on
+    the client's event loop), and how the thread is woken and stopped."""
+
+    __slots__ = ("_cond", "_poked", "completions", "stopping", "thread")
+
+    def __init__(self, completions: Any) -> None:
+        self.completions = completions
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self._poked = False
+        # as_completed notifies this condition for each future it reports
+        self._cond: threading.Condition | None = getattr(completions, "thread_condition", None)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, or until a future is reported or :meth:`wake`."""
+        cond = self._cond
+        if cond is None:  # pragma: no cover - a distributed without it: poll
+            time.sleep(min(timeout, 0.005))
+            return
+        with cond:
+            if not (self._poked or self.stopping or self.completions.has_ready()):
+                cond.wait(timeout)
+            self._poked = False
+
+    def wake(self) -> None:
+        cond = self._cond
+        if cond is not None:
+            with cond:
+                self._poked = True
+                cond.notify_all()
 
 
 def _secede() -> bool:
@@ -188,9 +242,14 @@ class DaskBackend(ParallelBackendBase):
     supports_return_generator = True
     supports_auto_batching = True
     supports_transport_hooks = False
+    #: Per-task timeouts (``on_error`` other than ``'raise'``): measured by this backend
+    #: from each batch's start on its worker; no watchdog ends a worker process.
+    supports_task_timeout = True
+    watches_task_timeout = True
 
     #: Completion watch (see the module docstring), in seconds.
     watch_interval = 1.0
+    watch_idle = 10.0
     watch_after = 5.0
     watch_grace = 3.0
     max_recoveries = 3
@@ -242,8 +301,7 @@ class DaskBackend(ParallelBackendBase):
         self._lock = threading.Lock()
         self._active_client: Any = None
         self._pending: dict[Any, _Batch] = {}  # current dask future -> its batch
-        self._watcher: threading.Thread | None = None
-        self._wake_watcher = threading.Event()  # set when no batch is pending any more
+        self._watch_state: _Watch | None = None  # the running completion watch
         self._args: CallArguments | None = None
         self._seceded_thread: int | None = None
         self._options: dict[str, Any] = {}
@@ -378,7 +436,7 @@ class DaskBackend(ParallelBackendBase):
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Any:
         """Send the batch ``func`` as one dask task; ``callback(future)`` fires once it is
-        done (from dask's callback thread, or from the completion watcher). Returns the
+        done (from the backend's completion watch thread). Returns the
         ``distributed.Future``."""
         with self._lock:
             args = self._args
@@ -389,51 +447,150 @@ class DaskBackend(ParallelBackendBase):
             assert args is not None
         batch, futures = args.prepare(func)
         batch = KeepCode(batch)  # worker tracebacks name the user's files (see _pickling)
-        entry = _Batch((run_batch, batch, *futures) if futures else (batch,), callback)
+        entry = _Batch((batch, *futures), callback, self.task_timeout)
         return self._send(entry, _batch_key(func))
 
     def _send(self, entry: _Batch, key: str) -> Any:
-        """Submit ``entry`` under ``key``, make it the batch's current future and start
-        the completion watcher when it is not running."""
-        future = self.get_client().submit(*entry.args, key=key, pure=False, **self.submit_kwargs)
+        """Submit ``entry`` under ``key``, make it the batch's current future and hand it
+        to the completion watch (started when it is not running)."""
+        client = self.get_client()
+        if entry.timeout is not None:
+            watch_start(client, key, partial(self._started, entry, key))
+            args: tuple[Any, ...] = (run_timed, key, *entry.args)
+        elif len(entry.args) > 1:
+            args = (run_batch, *entry.args)
+        else:
+            args = entry.args
+        future = client.submit(*args, key=key, pure=False, **self.submit_kwargs)
         with self._lock:
             entry.future = future
             entry.since = time.monotonic()
-            entry.suspect_since = None
+            entry.suspect_since = entry.started = entry.worker = None
             self._pending[future] = entry
-            if self._watcher is None:
-                self._watcher = threading.Thread(target=self._watch, name="par-dask-watch", daemon=True)
-                self._watcher.start()
-        future.add_done_callback(lambda fut: self._fire(entry, fut))
+            watch = self._watch_state
+            if watch is None or watch.stopping:
+                watch = self._watch_state = _Watch(distributed.as_completed(loop=client.loop))
+                thread = threading.Thread(target=self._watch, args=(watch,), name="par-dask-watch", daemon=True)
+                watch.thread = thread
+                thread.start()
+            watch.completions.add(future)
         return future
+
+    def _started(self, entry: _Batch, key: str, worker: str | None) -> None:
+        """The batch ``key`` started on ``worker`` (on the client's event loop): its
+        per-task timeout counts from now."""
+        with self._lock:
+            fut = entry.future
+            if entry.fired or fut is None or fut.key != key:
+                return
+            entry.started = time.monotonic()
+            entry.worker = worker
+            watch = self._watch_state
+        if watch is not None:
+            watch.wake()  # its deadline may come before the watch's next tick
 
     def _fire(self, entry: _Batch, fut: Any) -> None:
         """Run the batch's callback with ``fut``, once, and only for its current future."""
         with self._lock:
             self._pending.pop(fut, None)
-            if not self._pending:
-                self._wake_watcher.set()  # it ends now, not at its next tick
             if entry.fired or fut is not entry.future:
-                return  # a replaced future's late callback, or a second one
+                return  # a replaced future's late completion, or a second one
             entry.fired = True
+        if entry.timeout is not None:
+            forget(str(getattr(fut, "key", "")))
         if entry.callback is not None:
             entry.callback(fut)
 
     # -- completion watch -------------------------------------------------------------
-    def _watch(self) -> None:
-        """Watcher thread: runs while batches are pending (see the module docstring)."""
-        while True:
-            self._wake_watcher.wait(self.watch_interval)
-            with self._lock:
-                self._wake_watcher.clear()
-                if not self._pending:
-                    self._watcher = None
-                    return
-                entries = list(self._pending.values())
-            try:
-                self._check(entries)
-            except Exception:  # the watch must never break the call
-                _logger.debug("par dask completion watch failed", exc_info=True)
+    def _watch(self, watch: _Watch) -> None:
+        """The completion watch thread (see the module docstring): fires the callbacks of
+        the futures ``watch.completions`` reports done, ends overrunning batches and looks
+        after batches whose completion seems lost; until :meth:`_stop_watch`, or until no
+        batch has been pending for ``watch_idle`` seconds."""
+        completions = watch.completions
+        last_check = idle_since = time.monotonic()
+        try:
+            while True:
+                for fut in completions.next_batch(block=False):
+                    with self._lock:
+                        entry = self._pending.get(fut)
+                    if entry is not None:
+                        self._fire(entry, fut)
+                now = time.monotonic()
+                with self._lock:
+                    if watch.stopping:
+                        return
+                    entries = list(self._pending.values())
+                    if entries:
+                        idle_since = now
+                    elif now - idle_since >= self.watch_idle:
+                        watch.stopping = True
+                        if self._watch_state is watch:
+                            self._watch_state = None
+                        return
+                wake = now + self.watch_interval
+                try:
+                    wake = min(wake, self._expire(entries, now))
+                    if now - last_check >= self.watch_interval:
+                        last_check = now
+                        self._check(entries)
+                except Exception:  # the watch must never break the call
+                    _logger.debug("par dask completion watch failed", exc_info=True)
+                watch.wait(max(wake - time.monotonic(), 0.0))
+        finally:
+            completions.clear()
+
+    def _expire(self, entries: list[_Batch], now: float) -> float:
+        """Fail the batches that ran longer than their per-task timeout; return when the
+        next one would expire (``inf`` when none is timed)."""
+        wake = float("inf")
+        for entry in entries:
+            started, timeout = entry.started, entry.timeout
+            if started is None or timeout is None or entry.fired:
+                continue
+            if now - started < timeout:
+                wake = min(wake, started + timeout)
+                continue
+            self._time_out(entry, now - started)
+        return wake
+
+    def _time_out(self, entry: _Batch, ran: float) -> None:
+        """Cancel the overrunning batch's future, interrupt its thread on its worker and
+        fail the batch with a ``TimeoutError``; the other batches keep running."""
+        with self._lock:
+            old, worker = entry.future, entry.worker
+            if entry.fired or old is None:
+                return
+            self._pending.pop(old, None)
+            failed: _LocalFuture[Any] = _LocalFuture()
+            entry.future = failed
+        key = str(old.key)
+        forget(key)
+        failed.set_exception(
+            TimeoutError(
+                f"the dask future {key!r} was cancelled after {ran:.1f} s on worker {worker}: dask "
+                f"cannot stop a running thread; it is interrupted if it runs Python code, else it "
+                f"keeps its worker thread until it returns (its result dropped)"
+            )
+        )
+        self._cancel_quietly(old)
+        if worker is not None:
+            with contextlib.suppress(Exception):
+                self.get_client().run(interrupt_soon, key, workers=[worker], wait=False)
+        self._fire(entry, failed)
+
+    def _stop_watch(self) -> None:
+        """End the completion watch thread of this backend and wait for it (unless called
+        from that thread, or it is stuck in a callback for more than 10 s)."""
+        with self._lock:
+            watch, self._watch_state = self._watch_state, None
+            if watch is None:
+                return
+            watch.stopping = True
+        watch.wake()
+        thread = watch.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10)
 
     def _check(self, entries: list[_Batch]) -> None:
         now = time.monotonic()
@@ -441,12 +598,14 @@ class DaskBackend(ParallelBackendBase):
         ask: dict[str, _Batch] = {}
         for entry in entries:
             fut = entry.future
-            if fut.done():  # finished here: its callback should be running by now
+            if entry.fired or not isinstance(fut, distributed.Future):
+                continue
+            if fut.done():  # finished here: its completion should have been reported
                 entry.suspect_since = entry.suspect_since or now
                 if now - entry.suspect_since >= grace:
                     _logger.warning(
-                        "par: the done-callback of dask future %r did not run within %g s; "
-                        "completing it from the watcher",
+                        "par: the completion of dask future %r was not reported within %g s; "
+                        "completing it from the watch",
                         fut.key,
                         grace,
                     )
@@ -455,7 +614,7 @@ class DaskBackend(ParallelBackendBase):
                 entry.suspect_since is not None or now - entry.asked >= self.watch_after
             ):  # a batch running for long is looked up every watch_after seconds
                 entry.asked = now
-                ask[fut.key] = entry
+                ask[str(fut.key)] = entry
         if not ask:
             return
         client = self.get_client()
@@ -480,6 +639,8 @@ class DaskBackend(ParallelBackendBase):
             self._pending.pop(old, None)
             entry.recoveries += 1
             give_up = entry.recoveries > self.max_recoveries
+        if entry.timeout is not None:
+            forget(key)
         what = "does not know it" if state is None else f"has it in state {state!r}"
         if give_up:
             failed: _LocalFuture[Any] = _LocalFuture()
@@ -506,7 +667,7 @@ class DaskBackend(ParallelBackendBase):
             self.max_recoveries,
         )
         self._send(entry, f"{key.rsplit('-', 1)[0]}-{uuid.uuid4().hex}")
-        self._cancel_quietly(old)  # after the switch: its callback is then ignored
+        self._cancel_quietly(old)  # after the switch: its completion is then ignored
 
     def _cancel_quietly(self, future: Any) -> None:
         with contextlib.suppress(Exception):
@@ -544,22 +705,27 @@ class DaskBackend(ParallelBackendBase):
         call's scattered arguments. The client stays: the backend remains usable."""
         with self._lock:
             pending = list(self._pending)
-            self._pending.clear()  # the watcher stops; dask still fires the callbacks
-            self._wake_watcher.set()
+            timed = [f for f, entry in self._pending.items() if entry.timeout is not None]
+            self._pending.clear()
             args, self._args = self._args, None
             if len(self._cancelled) > 10000:
                 self._cancelled.clear()
             self._cancelled.update(f.key for f in pending)
+        for fut in timed:  # no start report is awaited any more
+            forget(str(fut.key))
         client = self._active_client
         if pending and client is not None:
             with contextlib.suppress(Exception):
                 client.cancel(pending)
         if args is not None:
             args.clear()
+        self._stop_watch()
 
     def stop_call(self) -> None:
-        """Release the call's scattered arguments; rejoin the worker's thread pool when
-        ``start_call`` left it (from the same thread)."""
+        """End the completion watch thread, release the call's scattered arguments;
+        rejoin the worker's thread pool when ``start_call`` left it (from the same
+        thread)."""
+        self._stop_watch()
         with self._lock:
             args, self._args = self._args, None
         if args is not None:
