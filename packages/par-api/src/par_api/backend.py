@@ -77,6 +77,11 @@ class ParallelBackendBase(ABC):
     #: ``WorkerDiedError`` carrying that ``exitcode`` (as for any worker death); a thread
     #: backend watches ``task_timeout`` itself and fails the batch with a ``TimeoutError``.
     supports_task_timeout: bool = False
+    #: With ``supports_task_timeout``, a backend whose workers are processes but that
+    #: enforces ``task_timeout`` itself (as thread backends do): its workers do not end
+    #: themselves, the backend fails an overrunning batch with a ``TimeoutError`` (the
+    #: ``ray`` backend cancels the task with ``ray.cancel(..., force=True)``).
+    watches_task_timeout: bool = False
     #: Set by the scheduler before ``start_call`` on a backend with
     #: ``supports_task_timeout``: the call's per-task timeout in seconds, or None when
     #: none applies (a backend may expect its workers to end themselves meanwhile).

@@ -21,6 +21,9 @@ on the first error, a timeout or an interrupt). What is specific to Ray:
   queued tasks never start, running ones are interrupted). A task whose worker process
   died is retried by Ray (``max_retries``, 3 by default for system failures); then the
   call raises :class:`par_api.WorkerDiedError`.
+- **Per-task timeouts** (``task_timeout``, set by the scheduler): batches run as Ray
+  generator tasks watched by the driver, cancelled with ``force=True`` past their
+  deadline (:mod:`par_backends_ray._timeout`).
 - **Nesting**: a task's own ``Parallel`` runs on the same cluster; while it waits, the
   task gives its CPU back to Ray (see :mod:`par_backends_ray._task`).
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, wait
 from typing import Any
@@ -40,7 +44,8 @@ from par_api import ParallelBackendBase, RemoteTraceback, WorkerDiedError, check
 
 from ._arguments import DEFAULT_PUT_THRESHOLD, CallArguments
 from ._runtime import ENV_ADDRESS, ensure_initialized
-from ._task import current_waiter, run_batch
+from ._task import current_waiter, run_batch, run_batch_timed
+from ._timeout import Monitor
 
 __all__ = ["RayBackend"]
 
@@ -57,6 +62,7 @@ _DIED = tuple(
 )
 
 _remote_function: Any = None
+_remote_timed_function: Any = None
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task's name in tracebacks
 
@@ -67,6 +73,14 @@ def _remote() -> Any:
     if _remote_function is None:
         _remote_function = ray.remote(run_batch)
     return _remote_function
+
+
+def _remote_timed() -> Any:
+    """``run_batch_timed`` as a Ray generator task (made once per process)."""
+    global _remote_timed_function
+    if _remote_timed_function is None:
+        _remote_timed_function = ray.remote(run_batch_timed)
+    return _remote_timed_function
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -129,10 +143,13 @@ class _Batch:
     """A submitted batch: its ObjectRef, the future of it, and the scheduler's completion
     callback, fired once."""
 
-    __slots__ = ("callback", "fired", "future", "name", "ref", "waiter")
+    __slots__ = ("callback", "error", "fired", "future", "gen", "name", "ref", "timeout", "waiter")
 
     def __init__(self, ref: Any, name: str, callback: Callable[[Any], None] | None) -> None:
         self.ref = ref
+        self.gen: Any = None  # the generator task, under a per-task timeout
+        self.error: BaseException | None = None  # the TimeoutError of an overrun
+        self.timeout: float | None = None
         self.name = name
         self.callback = callback
         self.fired = False
@@ -166,6 +183,8 @@ class RayBackend(ParallelBackendBase):
 
     default_n_jobs = -1
     supports_timeout = True
+    supports_task_timeout = True
+    watches_task_timeout = True
     supports_sharedmem = False
     uses_threads = False
     supports_inner_max_num_threads = False
@@ -196,6 +215,7 @@ class RayBackend(ParallelBackendBase):
         self._args: CallArguments | None = None
         self._options: dict[str, Any] = {}
         self._cancelled: set[Any] = set()  # refs cancelled by abort_everything
+        self._monitor = Monitor(self._on_result, self._on_timeout)
         #: What this backend put into the object store: objects and their known bytes.
         self.n_put = 0
         self.bytes_put = 0
@@ -228,9 +248,9 @@ class RayBackend(ParallelBackendBase):
         ensure_initialized(self._option("address"), self._option("init_kwargs"))
 
     def _task_options(self) -> dict[str, Any]:
-        """The options of every batch's Ray task. The place where par's failure policy
-        would map onto Ray's own mechanisms (``retries`` → ``max_retries`` and
-        ``retry_exceptions``); today the scheduler applies it inside the tasks."""
+        """The options of every batch's Ray task. par's failure policy runs in the tasks
+        (``retry_on``) and in the scheduler (timed-out tasks, deaths after Ray's own
+        ``max_retries``): see the README, "Which layer retries what"."""
         options: dict[str, Any] = self._option("ray_options")
         return options
 
@@ -302,17 +322,40 @@ class RayBackend(ParallelBackendBase):
         self.n_put += args.n_put - n_put
         self.bytes_put += args.bytes_put - bytes_put
         name = _batch_name(func)
-        ref = _remote().options(name=name, **self._task_options()).remote(batch, *refs)
+        timeout = self.task_timeout
+        gen = None
+        if timeout is None:
+            ref = _remote().options(name=name, **self._task_options()).remote(batch, *refs)
+        else:  # a generator task that says when it starts (see _timeout)
+            gen = _remote_timed().options(name=name, **self._task_options()).remote(batch, *refs)
+            ref = gen.completed()
         entry = _Batch(ref, name, callback)
+        entry.gen = gen
         waiter = current_waiter()  # inside a par task on Ray: its thread waits for this too
         with self._lock:
             self._pending[ref] = entry
         if waiter is not None:
             entry.waiter = waiter
             waiter.add(ref)
+        if gen is not None:
+            self._monitor.watch(entry, gen, timeout)  # type: ignore[arg-type]
+            return entry
         entry.future = ref.future()
         entry.future.add_done_callback(lambda _: self._fire(entry))
         return entry
+
+    def _on_result(self, entry: _Batch, ref: Any) -> None:
+        """A watched batch's results (or failure) are in ``ref`` (monitor thread)."""
+        entry.future = ref.future()
+        entry.future.add_done_callback(lambda _: self._fire(entry))
+
+    def _on_timeout(self, entry: _Batch, seconds: float) -> None:
+        """A watched batch ran past its timeout; its task was cancelled (monitor thread)."""
+        entry.error = TimeoutError(
+            f"its Ray task ({entry.name}) was cancelled after {seconds:g} s of running: "
+            f"ray.cancel(force=True) ended the worker process running it (Ray starts another)"
+        )
+        self._fire(entry)
 
     def _fire(self, entry: _Batch) -> None:
         """Run the batch's callback, once."""
@@ -331,6 +374,8 @@ class RayBackend(ParallelBackendBase):
         type and the worker's traceback as ``__cause__``;
         :class:`par_api.WorkerDiedError` when the worker (or node) running it died more
         often than Ray retries."""
+        if out.error is not None:
+            raise out.error
         try:
             try:
                 return out.future.result()
@@ -361,7 +406,13 @@ class RayBackend(ParallelBackendBase):
     def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
         """Wait up to ``timeout`` seconds for the batch (``TimeoutError``), then as
         :meth:`retrieve_result_callback`."""
-        if not wait([out.future], timeout=timeout).done:
+        if out.future is None and out.error is None:  # a watched batch: its results are not known yet
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while out.future is None and out.error is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"the Ray task of the par batch {out.name} did not finish within {timeout} s")
+                time.sleep(0.01)
+        if out.error is None and not wait([out.future], timeout=timeout).done:
             raise TimeoutError(f"the Ray task of the par batch {out.name} did not finish within {timeout} s")
         return self.retrieve_result_callback(out)
 
@@ -377,8 +428,10 @@ class RayBackend(ParallelBackendBase):
                 self._cancelled.clear()
             self._cancelled.update(e.ref for e in pending)
         for entry in pending:
+            if entry.gen is not None:
+                self._monitor.forget(entry)
             with contextlib.suppress(Exception):
-                ray.cancel(entry.ref, force=False, recursive=True)
+                ray.cancel(entry.gen if entry.gen is not None else entry.ref, force=False, recursive=True)
         if args is not None:
             args.clear()
 

@@ -224,15 +224,17 @@ class Policy:
         other than ``'raise'`` on a backend with ``supports_task_timeout``. Then the
         engine no longer applies it to its wait for results. On process backends
         (``uses_threads`` false) the workers enforce it (:mod:`._task_timeout`); a thread
-        backend enforces it itself."""
+        backend, or one with ``watches_task_timeout`` (``ray``), enforces it itself."""
         if timeout is None or self.on_error == "raise" or not getattr(backend, "supports_task_timeout", False):
             return False
         self.task_timeout = timeout
-        self.worker_exit = not getattr(backend, "uses_threads", False)
+        self.worker_exit = not (
+            getattr(backend, "uses_threads", False) or getattr(backend, "watches_task_timeout", False)
+        )
         return True
 
     #: Whether a worker process ends itself when its task overruns (else the backend
-    #: enforces the per-task timeout: thread backends).
+    #: enforces the per-task timeout: thread backends, ``watches_task_timeout``).
     worker_exit = False
 
     def timed_out(self, error: BaseException) -> bool:
