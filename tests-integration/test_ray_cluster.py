@@ -86,10 +86,18 @@ def _worker_functions():
             time.sleep(60)
         return x
 
-    return square_pid, fail_at, nbytes, inner, outer, pid_then_sleep
+    def exit_at(i, bad, folder):
+        """Task ``bad`` ends its worker process each time it runs (one file per run)."""
+        if i == bad:
+            runs = len([n for n in os.listdir(folder) if n.startswith("run-")])
+            open(os.path.join(folder, f"run-{runs}"), "w").close()
+            os._exit(3)
+        return i
+
+    return square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at
 
 
-square_pid, fail_at, nbytes, inner, outer, pid_then_sleep = _worker_functions()
+square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at = _worker_functions()
 
 
 def test_parallel_on_ray_in_order_on_the_clusters_workers(on_ray):
@@ -178,6 +186,18 @@ def test_failure_policy_runs_inside_the_ray_tasks(on_ray):
     # on_error/retries are applied by the scheduler's Guard in the task: nothing to map
     out = Parallel(on_error="return", batch_size=2)(delayed(fail_at)(i, 2, "/nonexistent") for i in (2,))
     assert len(out) == 1 and type(out[0]) is LookupError and str(out[0]) == "no item 2"
+
+
+@pytest.mark.parametrize(("max_retries", "retries", "runs"), [(0, 0, 1), (0, 2, 3), (1, 1, 4)])
+def test_a_task_killing_its_worker_is_isolated_and_the_layers_retry_it(cluster, tmp_path, max_retries, retries, runs):
+    """Crash isolation on Ray: the task that ends its worker gets a WorkerDiedError
+    naming it, the others their results; Ray re-runs it ``max_retries`` times, and par
+    ``retries`` times on top of that (each with Ray's own retries)."""
+    with parallel_config(backend="ray", address=cluster.address, max_retries=max_retries):
+        out = Parallel(on_error="return", retries=retries)(delayed(exit_at)(i, 3, str(tmp_path)) for i in range(6))
+    assert [o for i, o in enumerate(out) if i != 3] == [0, 1, 2, 4, 5]
+    assert isinstance(out[3], WorkerDiedError) and "task 3 (" in str(out[3]), out[3]
+    assert len(list(tmp_path.iterdir())) == runs  # 1 + retries, times 1 + max_retries
 
 
 def test_timeout_is_honoured(on_ray):

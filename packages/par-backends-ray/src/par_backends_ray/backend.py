@@ -139,14 +139,39 @@ def _batch_name(batch: Any) -> str:
     return "par-batch"
 
 
+def _func_label(func: Any) -> str:
+    func = getattr(func, "func", func)  # the scheduler's Guard wraps the user's function
+    return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__)
+
+
+def _batch_label(batch: Any) -> str:
+    """What a batch holds, as the scheduler names tasks: ``'task 3 (f)'`` or
+    ``'tasks 8 to 11 (f, g)'`` (``WorkerDiedError.task``: the scheduler then knows the
+    dead worker ran this batch's tasks)."""
+    tasks = getattr(batch, "tasks", None)
+    if not tasks:
+        return _batch_name(batch)
+    index = int(getattr(batch, "index", 0) or 0)
+    names: list[str] = []
+    for task in tasks[:20]:
+        name = _func_label(task[0])
+        if name not in names:
+            names.append(name)
+    funcs = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    n = len(tasks)
+    where = f"task {index}" if n == 1 else f"tasks {index} to {index + n - 1}"
+    return f"{where} ({funcs})"
+
+
 class _Batch:
     """A submitted batch: its ObjectRef, the future of it, and the scheduler's completion
     callback, fired once."""
 
-    __slots__ = ("callback", "error", "fired", "future", "gen", "name", "ref", "timeout", "waiter")
+    __slots__ = ("callback", "error", "fired", "future", "gen", "label", "name", "ref", "timeout", "waiter")
 
     def __init__(self, ref: Any, name: str, callback: Callable[[Any], None] | None) -> None:
         self.ref = ref
+        self.label = name  # what the batch holds: 'task 3 (f)' (set by submit)
         self.gen: Any = None  # the generator task, under a per-task timeout
         self.error: BaseException | None = None  # the TimeoutError of an overrun
         self.timeout: float | None = None
@@ -331,6 +356,7 @@ class RayBackend(ParallelBackendBase):
             ref = gen.completed()
         entry = _Batch(ref, name, callback)
         entry.gen = gen
+        entry.label = _batch_label(func)
         waiter = current_waiter()  # inside a par task on Ray: its thread waits for this too
         with self._lock:
             self._pending[ref] = entry
@@ -385,14 +411,14 @@ class RayBackend(ParallelBackendBase):
                 raise _original(exc)  # noqa: B904 - its __cause__ is the remote traceback
         except _DIED as exc:
             raise WorkerDiedError(
-                f"The Ray worker running the par batch {out.name} ({out.ref.hex()}) died, and Ray "
+                f"The Ray worker running the par batch {out.name} ({out.label}; {out.ref.hex()}) died, and Ray "
                 f"did not run it again (max_retries={self._task_options().get('max_retries', 3)}): "
                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. "
                 f"Likely causes: a task used more memory than the node has (Ray's memory monitor "
                 f"or the OS killed it), a crash in native code (segfault), os._exit in a task, "
                 f"or a node that left the cluster. The Ray logs (session_latest/logs of the "
                 f"node's temp dir) say more.",
-                task=out.name,
+                task=out.label,
             ) from exc
         except (ray.exceptions.TaskCancelledError, CancelledError) as exc:
             if out.ref in self._cancelled:  # our own abort: the call is over anyway
