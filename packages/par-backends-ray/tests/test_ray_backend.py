@@ -60,6 +60,10 @@ def test_ray_capability_flags():
         ({"bogus": 1}, TypeError, r"invalid Ray task options \['bogus'\].*num_cpus=.*max_retries="),
         ({"num_cpus": "two"}, TypeError, r"invalid Ray task options \['num_cpus'\]"),
         ({"name": "x"}, TypeError, r"sets the Ray task options \['name'\] itself"),
+        ({"initializer": 3}, TypeError, "initializer must be a callable run once in each Ray actor"),
+        ({"initializer": print, "initargs": "ab"}, TypeError, "initargs must be a tuple"),
+        ({"actors": "yes"}, TypeError, r"actors must be True .* False .* or None"),
+        ({"actors": False, "initializer": print}, ValueError, "initializer needs actors"),
     ],
 )
 def test_ray_bad_arguments_name_the_parameter(kwargs, error, match):

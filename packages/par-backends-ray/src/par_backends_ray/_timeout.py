@@ -46,16 +46,19 @@ class Watched:
 
 class Monitor:
     """Watches the generator tasks of one backend; ``on_result(entry, ref)`` gets the
-    ObjectRef of a batch's results (or of its failure), ``on_timeout(entry)`` a batch
-    that overran and whose task was cancelled."""
+    ObjectRef of a batch's results (or of its failure), ``cancel(entry)`` ends the task
+    of a batch that overran (``ray.cancel(force=True)``; an actor is restarted), then
+    ``on_timeout(entry, seconds)`` fails it."""
 
     def __init__(
         self,
         on_result: Callable[[Any, Any], None],
         on_timeout: Callable[[Any, float], None],
+        cancel: Callable[[Any], None],
     ) -> None:
         self._on_result = on_result
         self._on_timeout = on_timeout
+        self._cancel = cancel
         self._lock = threading.Lock()
         self._watched: dict[int, Watched] = {}
         self._thread: threading.Thread | None = None
@@ -143,5 +146,5 @@ class Monitor:
             if self._watched.pop(id(item.entry), None) is None:
                 return
         with contextlib.suppress(Exception):
-            ray.cancel(item.gen, force=True, recursive=True)
+            self._cancel(item.entry)
         self._on_timeout(item.entry, item.entry.timeout)

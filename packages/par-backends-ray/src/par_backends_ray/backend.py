@@ -21,6 +21,8 @@ on the first error, a timeout or an interrupt). What is specific to Ray:
   queued tasks never start, running ones are interrupted). A task whose worker process
   died is retried by Ray (``max_retries``, 3 by default for system failures); then the
   call raises :class:`par_api.WorkerDiedError`.
+- **Initializer**: with ``initializer=`` (or ``actors=True``) the batches run on a pool
+  of ``n_jobs`` actors that each ran it once (:mod:`par_backends_ray._actors`).
 - **Per-task timeouts** (``task_timeout``, set by the scheduler): batches run as Ray
   generator tasks watched by the driver, cancelled with ``force=True`` past their
   deadline (:mod:`par_backends_ray._timeout`).
@@ -42,6 +44,7 @@ import ray
 import ray.exceptions
 from par_api import ParallelBackendBase, RemoteTraceback, WorkerDiedError, check_n_jobs, parse_nbytes
 
+from ._actors import ActorPool, check_initializer
 from ._arguments import DEFAULT_PUT_THRESHOLD, CallArguments
 from ._runtime import ENV_ADDRESS, ensure_initialized
 from ._task import current_waiter, run_batch, run_batch_timed
@@ -49,7 +52,7 @@ from ._timeout import Monitor
 
 __all__ = ["RayBackend"]
 
-_BACKEND_KWARGS = ("address", "put_threshold", "init_kwargs")
+_BACKEND_KWARGS = ("address", "put_threshold", "init_kwargs", "initializer", "initargs", "actors")
 
 #: Ray task options par sets itself.
 _OWN_OPTIONS = frozenset({"name", "num_returns"})
@@ -58,6 +61,13 @@ _OWN_OPTIONS = frozenset({"name", "num_returns"})
 _DIED = tuple(
     getattr(ray.exceptions, name)
     for name in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "LocalRayletDiedError")
+    if hasattr(ray.exceptions, name)
+)
+
+#: An actor of the pool died (or is restarting) under a batch.
+_ACTOR_DIED = tuple(
+    getattr(ray.exceptions, name)
+    for name in ("RayActorError", "ActorUnavailableError")
     if hasattr(ray.exceptions, name)
 )
 
@@ -119,6 +129,28 @@ def _check_address(value: Any) -> str | None:
     return value.strip()
 
 
+def _check_actors(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            f"actors must be True (run the batches on a pool of n_jobs Ray actors), False (plain "
+            f"Ray tasks) or None (actors when an initializer is given), got {value!r}"
+        )
+    return value
+
+
+def _check_combination(actors: bool | None, initializer: Any) -> None:
+    if actors is False and initializer is not None:
+        raise ValueError(
+            "initializer needs actors: with actors=False the batches run as plain Ray tasks, in "
+            "no worker of par's own to initialise; pass actors=None (the default) or True"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _check_init_kwargs(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -167,7 +199,10 @@ class _Batch:
     """A submitted batch: its ObjectRef, the future of it, and the scheduler's completion
     callback, fired once."""
 
-    __slots__ = ("callback", "error", "fired", "future", "gen", "label", "name", "ref", "timeout", "waiter")
+    __slots__ = (
+        "actor", "callback", "error", "fired", "future", "gen", "killed_by", "label", "name", "pool", "ref",
+        "timeout", "waiter",
+    )
 
     def __init__(self, ref: Any, name: str, callback: Callable[[Any], None] | None) -> None:
         self.ref = ref
@@ -175,6 +210,9 @@ class _Batch:
         self.gen: Any = None  # the generator task, under a per-task timeout
         self.error: BaseException | None = None  # the TimeoutError of an overrun
         self.timeout: float | None = None
+        self.pool: ActorPool | None = None  # the actor pool running it, and which actor
+        self.actor = -1
+        self.killed_by: str | None = None  # its actor was restarted for that batch's timeout
         self.name = name
         self.callback = callback
         self.fired = False
@@ -197,6 +235,9 @@ class RayBackend(ParallelBackendBase):
       bytes (an int or a string like ``'1M'``) go into the object store once per call;
       ``None`` never puts anything (not even repeated arguments);
     - ``init_kwargs``: more keyword arguments for ``ray.init`` when par initialises Ray;
+    - ``initializer``/``initargs``: run once in each of ``n_jobs`` Ray actors, which then
+      run the batches (:mod:`par_backends_ray._actors`); ``actors``: True for such a
+      pool without an initializer, False never (None: with an initializer);
     - ``ray_options``: options of every batch's Ray task (``num_cpus=``, ``num_gpus=``,
       ``resources=``, ``memory=``, ``max_retries=``, ``scheduling_strategy=``,
       ``runtime_env=``, ...), checked by Ray.
@@ -223,6 +264,9 @@ class RayBackend(ParallelBackendBase):
         address: str | None = None,
         put_threshold: int | str | None = DEFAULT_PUT_THRESHOLD,
         init_kwargs: dict[str, Any] | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        actors: bool | None = None,
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
         **ray_options: Any,
@@ -231,6 +275,9 @@ class RayBackend(ParallelBackendBase):
         self.address = _check_address(address)
         self.put_threshold = _check_threshold(put_threshold)
         self.init_kwargs = _check_init_kwargs(init_kwargs)
+        self.initializer, self.initargs = check_initializer(initializer, initargs)
+        self.actors = _check_actors(actors)
+        _check_combination(self.actors, self.initializer)
         self.ray_options = _check_options(ray_options)
         self._init_state()
 
@@ -240,7 +287,9 @@ class RayBackend(ParallelBackendBase):
         self._args: CallArguments | None = None
         self._options: dict[str, Any] = {}
         self._cancelled: set[Any] = set()  # refs cancelled by abort_everything
-        self._monitor = Monitor(self._on_result, self._on_timeout)
+        self._monitor = Monitor(self._on_result, self._on_timeout, self._cancel_overrun)
+        self._pool: ActorPool | None = None
+        self._n_jobs = 1
         #: What this backend put into the object store: objects and their known bytes.
         self.n_put = 0
         self.bytes_put = 0
@@ -263,6 +312,7 @@ class RayBackend(ParallelBackendBase):
         self.ray_options = state["ray_options"]
         self.nesting_level = state["nesting_level"]
         self.inner_max_num_threads = state["inner_max_num_threads"]
+        self.initializer, self.initargs, self.actors = None, (), None  # not for nested calls
         self._init_state()
 
     # -- the cluster ----------------------------------------------------------------
@@ -316,13 +366,42 @@ class RayBackend(ParallelBackendBase):
             options["put_threshold"] = _check_threshold(backend_kwargs.pop("put_threshold"))
         if "init_kwargs" in backend_kwargs:
             options["init_kwargs"] = _check_init_kwargs(backend_kwargs.pop("init_kwargs"))
+        if "initializer" in backend_kwargs or "initargs" in backend_kwargs:
+            options["initializer"], options["initargs"] = check_initializer(
+                backend_kwargs.pop("initializer", self.initializer), backend_kwargs.pop("initargs", self.initargs)
+            )
+        if "actors" in backend_kwargs:
+            options["actors"] = _check_actors(backend_kwargs.pop("actors"))
         if backend_kwargs:
             options["ray_options"] = {**self.ray_options, **_check_options(backend_kwargs)}
+        _check_combination(
+            options.get("actors", self.actors), options.get("initializer", self.initializer)
+        )
+        self._kill_pool()  # a new configuration: new actors (its initializer may differ)
         self._options = options
         self.parallel = parallel
         self.hooks = None
         self._connect()
-        return self.effective_n_jobs(n_jobs)
+        self._n_jobs = self.effective_n_jobs(n_jobs)
+        return self._n_jobs
+
+    def _uses_actors(self) -> bool:
+        actors = self._option("actors")
+        return bool(actors) or (actors is None and self._option("initializer") is not None)
+
+    def _actor_pool(self) -> ActorPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ActorPool(
+                    self._n_jobs, self._option("initializer"), self._option("initargs"), self._task_options()
+                )
+            return self._pool
+
+    def _kill_pool(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.kill()
 
     # -- a call -----------------------------------------------------------------------
     def start_call(self) -> None:
@@ -349,13 +428,19 @@ class RayBackend(ParallelBackendBase):
         name = _batch_name(func)
         timeout = self.task_timeout
         gen = None
-        if timeout is None:
+        pool = self._actor_pool() if self._uses_actors() else None
+        actor = -1
+        if pool is not None:
+            sent, actor = pool.submit(name, timeout is not None, batch, refs)
+            ref, gen = (sent, None) if timeout is None else (sent.completed(), sent)
+        elif timeout is None:
             ref = _remote().options(name=name, **self._task_options()).remote(batch, *refs)
         else:  # a generator task that says when it starts (see _timeout)
             gen = _remote_timed().options(name=name, **self._task_options()).remote(batch, *refs)
             ref = gen.completed()
         entry = _Batch(ref, name, callback)
         entry.gen = gen
+        entry.pool, entry.actor = pool, actor
         entry.label = _batch_label(func)
         waiter = current_waiter()  # inside a par task on Ray: its thread waits for this too
         with self._lock:
@@ -375,11 +460,27 @@ class RayBackend(ParallelBackendBase):
         entry.future = ref.future()
         entry.future.add_done_callback(lambda _: self._fire(entry))
 
+    def _cancel_overrun(self, entry: _Batch) -> None:
+        """End the task of a batch that overran: ``ray.cancel(force=True)`` ends its worker
+        process; an actor (force is not allowed for actor tasks) is killed and replaced."""
+        if entry.pool is not None:
+            with self._lock:  # the batches queued on that actor fail with it: not their fault
+                for other in self._pending.values():
+                    if other is not entry and other.pool is entry.pool and other.actor == entry.actor:
+                        other.killed_by = entry.label
+            entry.pool.replace(entry.actor)
+        else:
+            ray.cancel(entry.gen, force=True, recursive=True)
+
     def _on_timeout(self, entry: _Batch, seconds: float) -> None:
         """A watched batch ran past its timeout; its task was cancelled (monitor thread)."""
         entry.error = TimeoutError(
             f"its Ray task ({entry.name}) was cancelled after {seconds:g} s of running: "
-            f"ray.cancel(force=True) ended the worker process running it (Ray starts another)"
+            + (
+                "its actor was killed and replaced by a new one (whose initializer runs)"
+                if entry.pool is not None
+                else "ray.cancel(force=True) ended the worker process running it (Ray starts another)"
+            )
         )
         self._fire(entry)
 
@@ -390,6 +491,8 @@ class RayBackend(ParallelBackendBase):
             if entry.fired:
                 return
             entry.fired = True
+        if entry.pool is not None:
+            entry.pool.done(entry.actor)
         if entry.waiter is not None:
             entry.waiter.discard((entry.ref,))
         if entry.callback is not None:
@@ -409,6 +512,18 @@ class RayBackend(ParallelBackendBase):
                 if isinstance(exc.cause, ray.exceptions.TaskCancelledError):
                     raise exc.cause from None  # a running task cancelled: see below
                 raise _original(exc)  # noqa: B904 - its __cause__ is the remote traceback
+        except _ACTOR_DIED as exc:
+            raise WorkerDiedError(
+                f"The Ray actor running the par batch {out.name} ({out.label}) died: "
+                f"{type(exc).__name__}: {_first_line(exc)}. Ray restarts it (its initializer "
+                f"runs again) unless the initializer itself raised (its error is in the "
+                f"cause). Other causes: a task used more memory than the node has, a crash in "
+                f"native code, os._exit in a task."
+                + (f" It was killed for the timeout of {out.killed_by}." if out.killed_by else ""),
+                # a batch queued on an actor restarted for another's timeout names that one:
+                # the scheduler then runs it again without spending its retries
+                task=out.killed_by or out.label,
+            ) from exc
         except _DIED as exc:
             raise WorkerDiedError(
                 f"The Ray worker running the par batch {out.name} ({out.label}; {out.ref.hex()}) died, and Ray "
@@ -469,9 +584,11 @@ class RayBackend(ParallelBackendBase):
             args.clear()
 
     def terminate(self) -> None:
-        """Cancel what is still pending. The Ray runtime stays initialised (starting one
-        costs seconds); ``par_backends_ray.shutdown()`` ends it."""
+        """Cancel what is still pending and kill the actors (of an ``initializer``). The
+        Ray runtime stays initialised (starting one costs seconds);
+        ``par_backends_ray.shutdown()`` ends it."""
         self.abort_everything(ensure_ready=False)
+        self._kill_pool()
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
         """A ``RayBackend`` with the same options on the worker's runtime: a
