@@ -17,8 +17,9 @@ on the first error, a timeout or an interrupt). What is specific to Ray:
   read-only views of the object store, as with ``ray.get``).
 - **Errors** come back with their own type, the worker's traceback attached as
   ``__cause__`` (:class:`par_api.RemoteTraceback`); the first error makes the scheduler
-  call ``abort_everything``, which cancels the call's pending tasks (``ray.cancel``:
-  queued tasks never start, running ones are interrupted). A task whose worker process
+  call ``abort_everything``, which cancels the call's pending tasks
+  (``ray.cancel(force=True)``: queued tasks never start, running ones end with their
+  worker process). A task whose worker process
   died is retried by Ray (``max_retries``, 3 by default for system failures); then the
   call raises :class:`par_api.WorkerDiedError`.
 - **Initializer**: with ``initializer=`` (or ``actors=True``) the batches run on a pool
@@ -525,6 +526,8 @@ class RayBackend(ParallelBackendBase):
                 task=out.killed_by or out.label,
             ) from exc
         except _DIED as exc:
+            if out.ref in self._cancelled:  # our own abort ended its worker (force=True)
+                raise CancelledError(f"par cancelled the Ray task of batch {out.name}") from exc
             raise WorkerDiedError(
                 f"The Ray worker running the par batch {out.name} ({out.label}; {out.ref.hex()}) died, and Ray "
                 f"did not run it again (max_retries={self._task_options().get('max_retries', 3)}): "
@@ -558,9 +561,13 @@ class RayBackend(ParallelBackendBase):
         return self.retrieve_result_callback(out)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Cancel every pending task of this backend (``ray.cancel``: queued tasks never
-        start, running ones get ``KeyboardInterrupt``) and release the call's objects.
-        The runtime stays: the backend remains usable."""
+        """Cancel every pending task of this backend and release the call's objects.
+        Plain tasks: ``ray.cancel(force=True)``: queued tasks never start, and the worker
+        process of a running one is ended (Ray starts another), as loky ends its workers
+        on an abort; ``force=False`` (a ``KeyboardInterrupt`` in the task) was not always
+        delivered (CI's fresh environments: running tasks ran to their end). Actor tasks
+        (no ``force`` for them): ``force=False``. The runtime stays: the backend remains
+        usable."""
         with self._lock:
             pending = list(self._pending.values())
             self._pending.clear()
@@ -572,7 +579,8 @@ class RayBackend(ParallelBackendBase):
             if entry.gen is not None:
                 self._monitor.forget(entry)
             with contextlib.suppress(Exception):
-                ray.cancel(entry.gen if entry.gen is not None else entry.ref, force=False, recursive=True)
+                target = entry.gen if entry.gen is not None else entry.ref
+                ray.cancel(target, force=entry.pool is None, recursive=True)
         if args is not None:
             args.clear()
 
