@@ -86,10 +86,34 @@ def _worker_functions():
             time.sleep(60)
         return x
 
-    return square_pid, fail_at, nbytes, inner, outer, pid_then_sleep
+    def exit_at(i, bad, folder):
+        """Task ``bad`` ends its worker process each time it runs (one file per run)."""
+        if i == bad:
+            runs = len([n for n in os.listdir(folder) if n.startswith("run-")])
+            open(os.path.join(folder, f"run-{runs}"), "w").close()
+            os._exit(3)
+        return i
+
+    def init_state(tag):
+        import par
+
+        state = par.worker_state()
+        state["tag"] = tag
+        state["inits"] = state.get("inits", 0) + 1
+        state["n"] = 0
+
+    def count_in_state(i):
+        import par
+
+        state = par.worker_state()
+        state["n"] += 1
+        time.sleep(0.01)
+        return os.getpid(), state["tag"], state["inits"], state["n"]
+
+    return square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at, init_state, count_in_state
 
 
-square_pid, fail_at, nbytes, inner, outer, pid_then_sleep = _worker_functions()
+square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at, init_state, count_in_state = _worker_functions()
 
 
 def test_parallel_on_ray_in_order_on_the_clusters_workers(on_ray):
@@ -178,6 +202,71 @@ def test_failure_policy_runs_inside_the_ray_tasks(on_ray):
     # on_error/retries are applied by the scheduler's Guard in the task: nothing to map
     out = Parallel(on_error="return", batch_size=2)(delayed(fail_at)(i, 2, "/nonexistent") for i in (2,))
     assert len(out) == 1 and type(out[0]) is LookupError and str(out[0]) == "no item 2"
+
+
+@pytest.mark.parametrize(("max_retries", "retries", "runs"), [(0, 0, 1), (0, 2, 3), (1, 1, 4)])
+def test_a_task_killing_its_worker_is_isolated_and_the_layers_retry_it(cluster, tmp_path, max_retries, retries, runs):
+    """Crash isolation on Ray: the task that ends its worker gets a WorkerDiedError
+    naming it, the others their results; Ray re-runs it ``max_retries`` times, and par
+    ``retries`` times on top of that (each with Ray's own retries)."""
+    with parallel_config(backend="ray", address=cluster.address, max_retries=max_retries):
+        out = Parallel(on_error="return", retries=retries)(delayed(exit_at)(i, 3, str(tmp_path)) for i in range(6))
+    assert [o for i, o in enumerate(out) if i != 3] == [0, 1, 2, 4, 5]
+    assert isinstance(out[3], WorkerDiedError) and "task 3 (" in str(out[3]), out[3]
+    assert len(list(tmp_path.iterdir())) == runs  # 1 + retries, times 1 + max_retries
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_initializer_runs_once_per_actor_and_worker_state_lasts_the_with_block(on_ray):
+    """With an initializer the batches run on n_jobs actors: each runs the initializer
+    once, and its worker_state() carries over from one call of the block to the next."""
+    with Parallel(n_jobs=2, initializer=init_state, initargs=("x",), batch_size=1) as parallel:
+        first = parallel(delayed(count_in_state)(i) for i in range(10))
+        second = parallel(delayed(count_in_state)(i) for i in range(10))
+    pids = {r[0] for r in first + second}
+    assert len(pids) == 2, pids  # n_jobs actors, the same in both calls
+    assert {(r[1], r[2]) for r in first + second} == {("x", 1)}  # initialised once each
+    for pid in pids:  # each actor's counter runs on across the two calls: 1..k
+        counts = [r[3] for r in first + second if r[0] == pid]
+        assert sorted(counts) == list(range(1, len(counts) + 1))
+    assert sum(len([r for r in first + second if r[0] == pid]) for pid in pids) == 20
+    # the block's end kills the actors
+    assert _wait_for(lambda: not any(map(_alive, pids)), 30), "the actors outlive their Parallel block"
+
+
+def test_initializer_error_fails_the_call_with_a_worker_died_error(on_ray):
+    def bad_init():
+        raise ValueError("cannot load the model")
+
+    with pytest.raises(WorkerDiedError, match="The Ray actor running the par batch") as info:
+        Parallel(n_jobs=2, initializer=bad_init)(delayed(abs)(-i) for i in range(4))
+    assert "cannot load the model" in str(info.value.__cause__)
+
+
+def test_per_task_timeout_on_actors_restarts_the_actor(on_ray, tmp_path):
+    """Ray cannot force-cancel an actor task: the actor is killed and replaced (the new
+    one runs the initializer); batches queued on it are run again, not failed."""
+    out = Parallel(n_jobs=2, initializer=init_state, initargs=("t",), timeout=1, on_error="return")(
+        delayed(pid_then_sleep)(str(tmp_path / "pid"), i) for i in range(6)
+    )
+    assert isinstance(out[0], TimeoutError) and "its actor was killed and replaced" in str(out[0])
+    assert out[1:] == [1, 2, 3, 4, 5]
 
 
 def test_timeout_is_honoured(on_ray):

@@ -8,6 +8,8 @@ abandoned (interrupted when it runs Python code) and a new one takes its place.
 ``dask``: the backend counts from each task's start report, cancels the overrunning
 future and interrupts its thread on the worker (Python code stops; a task blocked in C
 keeps its worker thread until it returns).
+``ray`` (at the end, on one local cluster for the module): the driver cancels the
+overrunning Ray task with ``force=True``, which ends its worker process.
 """
 
 from __future__ import annotations
@@ -300,3 +302,112 @@ def _sleeps_at(i, hang, seconds):
         time.sleep(seconds)  # blocked in C
     time.sleep(0.02)
     return i * 10
+
+
+# -- ray: one local cluster (2 CPUs, a small object store) for these tests -------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    par_backends_ray = pytest.importorskip("par_backends_ray")
+    cluster = par_backends_ray.LocalCluster(num_cpus=2, object_store_memory=100_000_000).start()
+    try:
+        yield cluster
+    finally:
+        par_backends_ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.stop()  # ends its session's processes, fails if one is left
+        assert cluster.pids() == []
+
+
+@pytest.fixture
+def on_ray(ray_cluster):
+    from par import parallel_config
+
+    with parallel_config(backend="ray", address=ray_cluster.address):
+        yield ray_cluster
+
+
+def _ray_functions():
+    """Defined in a closure so that Ray pickles them by value (its workers cannot import
+    this test module)."""
+
+    def hangs_at(i, hang, folder):
+        if i in hang:
+            with open(os.path.join(folder, f"pid-{i}"), "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
+        time.sleep(0.02)
+        return i * 10
+
+    def hangs_once(i, folder):
+        marker = os.path.join(folder, f"ran-{i}")
+        if i == 3 and not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(600)
+        return i * 10
+
+    return hangs_at, hangs_once
+
+
+_ray_hangs_at, _ray_hangs_once = _ray_functions()
+
+
+def _pid_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("return_as", ["list", "generator_unordered"])
+def test_ray_a_hung_task_gets_a_timeout_error_and_its_worker_is_ended(on_ray, return_as, tmp_path):
+    events: list[ProgressEvent] = []
+    t0 = time.monotonic()
+    out = list(
+        Parallel(n_jobs=2, timeout=1, on_error="return", return_as=return_as, progress=events.append)(
+            delayed(_ray_hangs_at)(i, {2, 9}, str(tmp_path)) for i in range(16)
+        )
+    )
+    took = time.monotonic() - t0
+    failed = [o for o in out if isinstance(o, BaseException)]
+    assert len(out) == 16 and [type(e) for e in failed] == [TimeoutError, TimeoutError]
+    assert sorted(o for o in out if not isinstance(o, BaseException)) == [i * 10 for i in range(16) if i not in (2, 9)]
+    message = sorted(str(e) for e in failed)[0]
+    assert "task 2 (" in message and "timeout=1 seconds" in message and "ray.cancel(force=True)" in message
+    if return_as == "list":
+        assert isinstance(out[2], TimeoutError) and isinstance(out[9], TimeoutError)
+    assert took < 60
+    assert events[-1].n_failed == 2 and events[-1].n_timed_out == 2
+    pids = [int((tmp_path / f"pid-{i}").read_text()) for i in (2, 9)]
+    assert wait_for(lambda: not any(map(_pid_alive, pids)), GONE_WITHIN), "a timed-out task's Ray worker still runs"
+
+
+@pytest.mark.ray
+def test_ray_the_clock_starts_when_the_task_starts_on_its_worker(on_ray):
+    """40 tasks queued in Ray behind one another on 2 CPUs take longer than ``timeout``
+    in all, but none runs longer than it: none times out."""
+    out = Parallel(n_jobs=2, timeout=0.5, on_error="return")(delayed(time.sleep)(0.05) for _ in range(40))
+    assert out == [None] * 40
+
+
+@pytest.mark.ray
+def test_ray_a_timed_out_task_is_retried_by_the_scheduler(on_ray, tmp_path):
+    events: list[ProgressEvent] = []
+    out = Parallel(n_jobs=2, timeout=1, on_error="return", retries=1, progress=events.append)(
+        delayed(_ray_hangs_once)(i, str(tmp_path)) for i in range(6)
+    )
+    assert out == [i * 10 for i in range(6)]
+    assert events[-1].n_retried == 1 and events[-1].n_failed == 0
+
+
+@pytest.mark.ray
+def test_ray_collect_groups_the_timeouts(on_ray, tmp_path):
+    from par_scheduler._policy import ExceptionGroup
+
+    with pytest.raises(ExceptionGroup) as info:
+        Parallel(n_jobs=2, timeout=1, on_error="collect")(delayed(_ray_hangs_at)(i, {1}, str(tmp_path)) for i in range(4))
+    assert [type(e) for e in info.value.exceptions] == [TimeoutError]
+    assert info.value.results[0] == 0 and isinstance(info.value.results[1], TimeoutError)

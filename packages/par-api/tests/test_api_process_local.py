@@ -3,7 +3,6 @@ import sys
 import threading
 
 import pytest
-
 from par_api import ProcessLocal
 
 

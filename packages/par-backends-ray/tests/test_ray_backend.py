@@ -46,6 +46,8 @@ def test_ray_capability_flags():
     assert (b.supports_timeout, b.supports_return_generator, b.supports_auto_batching) == (True,) * 3
     assert (b.uses_threads, b.supports_sharedmem, b.supports_transport_hooks) == (False,) * 3
     assert not b.supports_inner_max_num_threads
+    # per-task timeouts: the backend watches them itself (its workers do not end themselves)
+    assert (b.supports_task_timeout, b.watches_task_timeout) == (True, True)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,10 @@ def test_ray_capability_flags():
         ({"bogus": 1}, TypeError, r"invalid Ray task options \['bogus'\].*num_cpus=.*max_retries="),
         ({"num_cpus": "two"}, TypeError, r"invalid Ray task options \['num_cpus'\]"),
         ({"name": "x"}, TypeError, r"sets the Ray task options \['name'\] itself"),
+        ({"initializer": 3}, TypeError, "initializer must be a callable run once in each Ray actor"),
+        ({"initializer": print, "initargs": "ab"}, TypeError, "initargs must be a tuple"),
+        ({"actors": "yes"}, TypeError, r"actors must be True .* False .* or None"),
+        ({"actors": False, "initializer": print}, ValueError, "initializer needs actors"),
     ],
 )
 def test_ray_bad_arguments_name_the_parameter(kwargs, error, match):
@@ -223,17 +229,18 @@ def test_ray_large_argument_is_put_once_per_call(backend):
 
 
 def test_ray_abort_cancels_pending_tasks(backend, tmp_path):
-    """Queued batches never start. A running one gets ``KeyboardInterrupt`` from
-    ``ray.cancel``, which Ray does not always deliver: in CI's fresh environments the two
-    running tasks ran to their end (30 s) while every queued one was cancelled; locally
-    they are interrupted. So a running batch may end either way, but no queued one runs."""
+    """Queued batches never start; running ones are ended with their worker process
+    (``ray.cancel(force=True)``: ``force=False`` raises ``KeyboardInterrupt`` in the task,
+    which in CI's fresh environments was not delivered, the running tasks ran to their
+    end)."""
     backend.start_call()
     started = [tmp_path / f"started-{i}" for i in range(2)]
     running = [backend.submit(one(pid_then_sleep, str(path), 30)) for path in started]  # both CPUs
     deadline = time.monotonic() + 60
-    while not all(path.exists() for path in started):
+    while not all(path.exists() and path.read_text() for path in started):
         assert time.monotonic() < deadline, "the Ray tasks did not start within 60 s"
         time.sleep(0.05)
+    pids = [int(path.read_text()) for path in started]
     queued = [backend.submit(one(sleep_then, i, 30)) for i in range(6)]
     t0 = time.monotonic()
     backend.abort_everything(ensure_ready=True)
@@ -246,10 +253,12 @@ def test_ray_abort_cancels_pending_tasks(backend, tmp_path):
             got.append((k, "cancelled"))
         except BaseException as exc:
             got.append((k, type(exc).__name__, str(exc)[:200], round(time.monotonic() - t0, 2)))
-    assert all(g[1] == "cancelled" or (k < 2 and g[2] == "['finished']") for k, g in enumerate(got)), got
-    assert all(g[1] == "cancelled" for g in got[2:]), got  # no queued batch ran
-    # a queued batch drained after the running ones would end 60 s after the abort
-    assert time.monotonic() - t0 < 45, got
+    assert all(g[1] == "cancelled" for g in got), got  # none ran to its end
+    assert time.monotonic() - t0 < 20, got  # the running ones would end 30 s after the abort
+    deadline = time.monotonic() + 20
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, pids)), "the running tasks' worker processes were not ended"
     assert run_batches(backend, [one(abs, -1)]) == [[1]]  # the backend still works
 
 
@@ -305,3 +314,49 @@ def test_ray_killed_worker_raises_worker_died_error(cluster, tmp_path):
         assert int(path.read_text()) != first
     finally:
         retried.stop_call()
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_ray_task_timeout_cancels_the_overrunning_task_and_ends_its_worker(backend, tmp_path):
+    """With ``task_timeout`` (set by the scheduler), a batch running longer fails with a
+    ``TimeoutError`` and the worker process running it is ended (``ray.cancel`` with
+    ``force=True``); batches queued meanwhile are timed from their own start."""
+    backend.task_timeout = 1.0
+    path = tmp_path / "pid"
+    done = []
+    backend.start_call()
+    try:
+        t0 = time.monotonic()
+        hung = backend.submit(one(pid_then_sleep, str(path), 600), callback=done.append)
+        # one CPU left: six 0.4 s batches queue behind one another (2.4 s in all, each
+        # under its timeout once it runs)
+        quick = [backend.submit(one(sleep_then, i, 0.4), callback=done.append) for i in range(6)]
+        assert [backend.retrieve_result(out, timeout=60) for out in quick] == [[i] for i in range(6)]
+        with pytest.raises(TimeoutError, match=r"par-pid_then_sleep\) was cancelled after 1 s of running"):
+            backend.retrieve_result(hung, timeout=60)
+        assert time.monotonic() - t0 < 30
+        pid = int(path.read_text())
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"the Ray worker {pid} of the timed-out task still runs"
+        deadline = time.monotonic() + 10
+        while len(done) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(map(id, done)) == sorted(map(id, [hung, *quick]))  # each callback once
+        # a task raising under a timeout keeps its type
+        with pytest.raises(LookupError, match="task failed on 3"):
+            backend.retrieve_result(backend.submit(one(fails, 3)), timeout=60)
+    finally:
+        backend.stop_call()
+        backend.task_timeout = None
+    backend._monitor.join(10)
+    assert not [t for t in threading.enumerate() if t.name == "par-ray-timeout"]
+    assert run_batches(backend, [one(abs, -1)]) == [[1]]  # the backend still works

@@ -96,3 +96,41 @@ def test_a_backend_without_task_timeouts_keeps_the_call_level_timeout() -> None:
     out = par_scheduler.run(backend, [delayed(ok)(i) for i in range(20)], n_jobs=1, timeout=30, on_error="return")
     assert out == [i * 10 for i in range(20)]
     assert backend.task_timeout is None
+
+
+class WatchingBackend(EndingBackend):
+    """A process backend that watches the timeout itself (as ``ray`` does): it fails an
+    overrunning batch with a ``TimeoutError``; its workers must run no watchdog."""
+
+    watches_task_timeout = True
+
+    def submit(self, func: Any, callback: Any = None) -> Future[Any]:
+        self.nested.append(func.nested)
+        if any(task[0] is hang for task in func.tasks):
+            fut: Future[Any] = Future()
+            fut.set_exception(TimeoutError("its task was cancelled by the fake backend"))
+            if callback is not None:
+                callback(fut)
+            return fut
+        return super().submit(func, callback)
+
+    nested: list[Any]
+
+
+def test_a_backend_that_watches_the_timeout_gets_batches_without_a_worker_deadline() -> None:
+    backend = WatchingBackend()
+    backend.nested = []
+    out = par_scheduler.run(
+        backend, [delayed(hang if i == 1 else ok)(i) for i in range(4)], n_jobs=2, timeout=30, on_error="return"
+    )
+    assert out[0] == 0 and out[2:] == [20, 30]
+    assert type(out[1]) is TimeoutError and "cancelled by the fake backend" in str(out[1])
+    assert backend.seen_timeout == [30]
+    # GuardedBatch.nested is (nested, retries, retry_on, task_timeout in the worker)
+    assert {n[3] for n in backend.nested} == {None}
+    ending = EndingBackend()
+    ending_nested: list[Any] = []
+    original = ending.submit
+    ending.submit = lambda func, callback=None: (ending_nested.append(func.nested), original(func, callback))[1]  # type: ignore[method-assign]
+    par_scheduler.run(ending, [delayed(ok)(i) for i in range(2)], n_jobs=2, timeout=30, on_error="return")
+    assert {n[3] for n in ending_nested} == {30}  # process workers without it do end themselves

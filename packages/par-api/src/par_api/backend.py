@@ -81,7 +81,9 @@ class ParallelBackendBase(ABC):
     #: With ``supports_task_timeout``: the backend measures ``task_timeout`` itself and
     #: fails an overrunning batch with a ``TimeoutError``, also when its workers are
     #: processes (``uses_threads`` false), whose tasks then run with no watchdog that ends
-    #: the process (a cluster backend: its workers are shared and must not exit).
+    #: the process (the cluster backends: their workers are shared and must not exit;
+    #: ``dask`` cancels the future and interrupts its thread, ``ray`` cancels the task
+    #: with ``ray.cancel(..., force=True)``).
     watches_task_timeout: bool = False
     #: Set by the scheduler before ``start_call`` on a backend with
     #: ``supports_task_timeout``: the call's per-task timeout in seconds, or None when

@@ -17,6 +17,8 @@ What "the worker" is depends on the backend:
 - ``threading``: the worker thread (the backend binds a dict to each of its threads with
   :func:`bind_worker_state`);
 - ``dask``: the ``distributed`` worker running the task (stored on the worker object);
+- ``ray``: the Ray worker process (with an ``initializer`` or ``actors=True``, the actor:
+  one process of ``n_jobs`` kept for the configuration, e.g. a ``with Parallel`` block);
 - ``sequential`` or outside any ``Parallel`` call: the calling process.
 
 The state survives across the calls that reuse the workers (``with Parallel(...)``

@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from par_api import fill_slots
 
-__all__ = ["Waiter", "current_waiter", "run_batch"]
+__all__ = ["STARTED", "Waiter", "current_waiter", "run_batch", "run_batch_timed"]
 
 #: How long the task's thread waits before it looks again at what the batch waits for
 #: (a new nested call, or the batch's end, wake it earlier through an event).
@@ -119,3 +119,15 @@ def run_batch(batch: Any, *values: Any) -> list[Any]:
             del error
     results: list[Any] = outcome["results"]
     return results
+
+
+#: What :func:`run_batch_timed` yields first: the batch has started on its worker.
+STARTED = "par-started"
+
+
+def run_batch_timed(batch: Any, *values: Any) -> Any:
+    """:func:`run_batch` as a Ray generator task, for calls with a per-task timeout: it
+    yields :data:`STARTED` as soon as it runs on its worker (the driver starts the
+    task's clock when it sees it), then the batch's results (or raises its exception)."""
+    yield STARTED
+    yield run_batch(batch, *values)

@@ -17,10 +17,16 @@ on the first error, a timeout or an interrupt). What is specific to Ray:
   read-only views of the object store, as with ``ray.get``).
 - **Errors** come back with their own type, the worker's traceback attached as
   ``__cause__`` (:class:`par_api.RemoteTraceback`); the first error makes the scheduler
-  call ``abort_everything``, which cancels the call's pending tasks (``ray.cancel``:
-  queued tasks never start, running ones are interrupted). A task whose worker process
+  call ``abort_everything``, which cancels the call's pending tasks
+  (``ray.cancel(force=True)``: queued tasks never start, running ones end with their
+  worker process). A task whose worker process
   died is retried by Ray (``max_retries``, 3 by default for system failures); then the
   call raises :class:`par_api.WorkerDiedError`.
+- **Initializer**: with ``initializer=`` (or ``actors=True``) the batches run on a pool
+  of ``n_jobs`` actors that each ran it once (:mod:`par_backends_ray._actors`).
+- **Per-task timeouts** (``task_timeout``, set by the scheduler): batches run as Ray
+  generator tasks watched by the driver, cancelled with ``force=True`` past their
+  deadline (:mod:`par_backends_ray._timeout`).
 - **Nesting**: a task's own ``Parallel`` runs on the same cluster; while it waits, the
   task gives its CPU back to Ray (see :mod:`par_backends_ray._task`).
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, wait
 from typing import Any
@@ -38,13 +45,15 @@ import ray
 import ray.exceptions
 from par_api import ParallelBackendBase, RemoteTraceback, WorkerDiedError, check_n_jobs, parse_nbytes
 
+from ._actors import ActorPool, check_initializer
 from ._arguments import DEFAULT_PUT_THRESHOLD, CallArguments
 from ._runtime import ENV_ADDRESS, ensure_initialized
-from ._task import current_waiter, run_batch
+from ._task import current_waiter, run_batch, run_batch_timed
+from ._timeout import Monitor
 
 __all__ = ["RayBackend"]
 
-_BACKEND_KWARGS = ("address", "put_threshold", "init_kwargs")
+_BACKEND_KWARGS = ("address", "put_threshold", "init_kwargs", "initializer", "initargs", "actors")
 
 #: Ray task options par sets itself.
 _OWN_OPTIONS = frozenset({"name", "num_returns"})
@@ -56,7 +65,15 @@ _DIED = tuple(
     if hasattr(ray.exceptions, name)
 )
 
+#: An actor of the pool died (or is restarting) under a batch.
+_ACTOR_DIED = tuple(
+    getattr(ray.exceptions, name)
+    for name in ("RayActorError", "ActorUnavailableError")
+    if hasattr(ray.exceptions, name)
+)
+
 _remote_function: Any = None
+_remote_timed_function: Any = None
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the task's name in tracebacks
 
@@ -67,6 +84,14 @@ def _remote() -> Any:
     if _remote_function is None:
         _remote_function = ray.remote(run_batch)
     return _remote_function
+
+
+def _remote_timed() -> Any:
+    """``run_batch_timed`` as a Ray generator task (made once per process)."""
+    global _remote_timed_function
+    if _remote_timed_function is None:
+        _remote_timed_function = ray.remote(run_batch_timed)
+    return _remote_timed_function
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +130,28 @@ def _check_address(value: Any) -> str | None:
     return value.strip()
 
 
+def _check_actors(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(
+            f"actors must be True (run the batches on a pool of n_jobs Ray actors), False (plain "
+            f"Ray tasks) or None (actors when an initializer is given), got {value!r}"
+        )
+    return value
+
+
+def _check_combination(actors: bool | None, initializer: Any) -> None:
+    if actors is False and initializer is not None:
+        raise ValueError(
+            "initializer needs actors: with actors=False the batches run as plain Ray tasks, in "
+            "no worker of par's own to initialise; pass actors=None (the default) or True"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _check_init_kwargs(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -125,14 +172,48 @@ def _batch_name(batch: Any) -> str:
     return "par-batch"
 
 
+def _func_label(func: Any) -> str:
+    func = getattr(func, "func", func)  # the scheduler's Guard wraps the user's function
+    return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__)
+
+
+def _batch_label(batch: Any) -> str:
+    """What a batch holds, as the scheduler names tasks: ``'task 3 (f)'`` or
+    ``'tasks 8 to 11 (f, g)'`` (``WorkerDiedError.task``: the scheduler then knows the
+    dead worker ran this batch's tasks)."""
+    tasks = getattr(batch, "tasks", None)
+    if not tasks:
+        return _batch_name(batch)
+    index = int(getattr(batch, "index", 0) or 0)
+    names: list[str] = []
+    for task in tasks[:20]:
+        name = _func_label(task[0])
+        if name not in names:
+            names.append(name)
+    funcs = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    n = len(tasks)
+    where = f"task {index}" if n == 1 else f"tasks {index} to {index + n - 1}"
+    return f"{where} ({funcs})"
+
+
 class _Batch:
     """A submitted batch: its ObjectRef, the future of it, and the scheduler's completion
     callback, fired once."""
 
-    __slots__ = ("callback", "fired", "future", "name", "ref", "waiter")
+    __slots__ = (
+        "actor", "callback", "error", "fired", "future", "gen", "killed_by", "label", "name", "pool", "ref",
+        "timeout", "waiter",
+    )
 
     def __init__(self, ref: Any, name: str, callback: Callable[[Any], None] | None) -> None:
         self.ref = ref
+        self.label = name  # what the batch holds: 'task 3 (f)' (set by submit)
+        self.gen: Any = None  # the generator task, under a per-task timeout
+        self.error: BaseException | None = None  # the TimeoutError of an overrun
+        self.timeout: float | None = None
+        self.pool: ActorPool | None = None  # the actor pool running it, and which actor
+        self.actor = -1
+        self.killed_by: str | None = None  # its actor was restarted for that batch's timeout
         self.name = name
         self.callback = callback
         self.fired = False
@@ -155,6 +236,9 @@ class RayBackend(ParallelBackendBase):
       bytes (an int or a string like ``'1M'``) go into the object store once per call;
       ``None`` never puts anything (not even repeated arguments);
     - ``init_kwargs``: more keyword arguments for ``ray.init`` when par initialises Ray;
+    - ``initializer``/``initargs``: run once in each of ``n_jobs`` Ray actors, which then
+      run the batches (:mod:`par_backends_ray._actors`); ``actors``: True for such a
+      pool without an initializer, False never (None: with an initializer);
     - ``ray_options``: options of every batch's Ray task (``num_cpus=``, ``num_gpus=``,
       ``resources=``, ``memory=``, ``max_retries=``, ``scheduling_strategy=``,
       ``runtime_env=``, ...), checked by Ray.
@@ -166,6 +250,8 @@ class RayBackend(ParallelBackendBase):
 
     default_n_jobs = -1
     supports_timeout = True
+    supports_task_timeout = True
+    watches_task_timeout = True
     supports_sharedmem = False
     uses_threads = False
     supports_inner_max_num_threads = False
@@ -179,6 +265,9 @@ class RayBackend(ParallelBackendBase):
         address: str | None = None,
         put_threshold: int | str | None = DEFAULT_PUT_THRESHOLD,
         init_kwargs: dict[str, Any] | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        actors: bool | None = None,
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
         **ray_options: Any,
@@ -187,6 +276,9 @@ class RayBackend(ParallelBackendBase):
         self.address = _check_address(address)
         self.put_threshold = _check_threshold(put_threshold)
         self.init_kwargs = _check_init_kwargs(init_kwargs)
+        self.initializer, self.initargs = check_initializer(initializer, initargs)
+        self.actors = _check_actors(actors)
+        _check_combination(self.actors, self.initializer)
         self.ray_options = _check_options(ray_options)
         self._init_state()
 
@@ -196,6 +288,9 @@ class RayBackend(ParallelBackendBase):
         self._args: CallArguments | None = None
         self._options: dict[str, Any] = {}
         self._cancelled: set[Any] = set()  # refs cancelled by abort_everything
+        self._monitor = Monitor(self._on_result, self._on_timeout, self._cancel_overrun)
+        self._pool: ActorPool | None = None
+        self._n_jobs = 1
         #: What this backend put into the object store: objects and their known bytes.
         self.n_put = 0
         self.bytes_put = 0
@@ -218,6 +313,7 @@ class RayBackend(ParallelBackendBase):
         self.ray_options = state["ray_options"]
         self.nesting_level = state["nesting_level"]
         self.inner_max_num_threads = state["inner_max_num_threads"]
+        self.initializer, self.initargs, self.actors = None, (), None  # not for nested calls
         self._init_state()
 
     # -- the cluster ----------------------------------------------------------------
@@ -228,9 +324,9 @@ class RayBackend(ParallelBackendBase):
         ensure_initialized(self._option("address"), self._option("init_kwargs"))
 
     def _task_options(self) -> dict[str, Any]:
-        """The options of every batch's Ray task. The place where par's failure policy
-        would map onto Ray's own mechanisms (``retries`` → ``max_retries`` and
-        ``retry_exceptions``); today the scheduler applies it inside the tasks."""
+        """The options of every batch's Ray task. par's failure policy runs in the tasks
+        (``retry_on``) and in the scheduler (timed-out tasks, deaths after Ray's own
+        ``max_retries``): see the README, "Which layer retries what"."""
         options: dict[str, Any] = self._option("ray_options")
         return options
 
@@ -271,13 +367,42 @@ class RayBackend(ParallelBackendBase):
             options["put_threshold"] = _check_threshold(backend_kwargs.pop("put_threshold"))
         if "init_kwargs" in backend_kwargs:
             options["init_kwargs"] = _check_init_kwargs(backend_kwargs.pop("init_kwargs"))
+        if "initializer" in backend_kwargs or "initargs" in backend_kwargs:
+            options["initializer"], options["initargs"] = check_initializer(
+                backend_kwargs.pop("initializer", self.initializer), backend_kwargs.pop("initargs", self.initargs)
+            )
+        if "actors" in backend_kwargs:
+            options["actors"] = _check_actors(backend_kwargs.pop("actors"))
         if backend_kwargs:
             options["ray_options"] = {**self.ray_options, **_check_options(backend_kwargs)}
+        _check_combination(
+            options.get("actors", self.actors), options.get("initializer", self.initializer)
+        )
+        self._kill_pool()  # a new configuration: new actors (its initializer may differ)
         self._options = options
         self.parallel = parallel
         self.hooks = None
         self._connect()
-        return self.effective_n_jobs(n_jobs)
+        self._n_jobs = self.effective_n_jobs(n_jobs)
+        return self._n_jobs
+
+    def _uses_actors(self) -> bool:
+        actors = self._option("actors")
+        return bool(actors) or (actors is None and self._option("initializer") is not None)
+
+    def _actor_pool(self) -> ActorPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ActorPool(
+                    self._n_jobs, self._option("initializer"), self._option("initargs"), self._task_options()
+                )
+            return self._pool
+
+    def _kill_pool(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.kill()
 
     # -- a call -----------------------------------------------------------------------
     def start_call(self) -> None:
@@ -302,17 +427,63 @@ class RayBackend(ParallelBackendBase):
         self.n_put += args.n_put - n_put
         self.bytes_put += args.bytes_put - bytes_put
         name = _batch_name(func)
-        ref = _remote().options(name=name, **self._task_options()).remote(batch, *refs)
+        timeout = self.task_timeout
+        gen = None
+        pool = self._actor_pool() if self._uses_actors() else None
+        actor = -1
+        if pool is not None:
+            sent, actor = pool.submit(name, timeout is not None, batch, refs)
+            ref, gen = (sent, None) if timeout is None else (sent.completed(), sent)
+        elif timeout is None:
+            ref = _remote().options(name=name, **self._task_options()).remote(batch, *refs)
+        else:  # a generator task that says when it starts (see _timeout)
+            gen = _remote_timed().options(name=name, **self._task_options()).remote(batch, *refs)
+            ref = gen.completed()
         entry = _Batch(ref, name, callback)
+        entry.gen = gen
+        entry.pool, entry.actor = pool, actor
+        entry.label = _batch_label(func)
         waiter = current_waiter()  # inside a par task on Ray: its thread waits for this too
         with self._lock:
             self._pending[ref] = entry
         if waiter is not None:
             entry.waiter = waiter
             waiter.add(ref)
+        if gen is not None:
+            self._monitor.watch(entry, gen, timeout)  # type: ignore[arg-type]
+            return entry
         entry.future = ref.future()
         entry.future.add_done_callback(lambda _: self._fire(entry))
         return entry
+
+    def _on_result(self, entry: _Batch, ref: Any) -> None:
+        """A watched batch's results (or failure) are in ``ref`` (monitor thread)."""
+        entry.future = ref.future()
+        entry.future.add_done_callback(lambda _: self._fire(entry))
+
+    def _cancel_overrun(self, entry: _Batch) -> None:
+        """End the task of a batch that overran: ``ray.cancel(force=True)`` ends its worker
+        process; an actor (force is not allowed for actor tasks) is killed and replaced."""
+        if entry.pool is not None:
+            with self._lock:  # the batches queued on that actor fail with it: not their fault
+                for other in self._pending.values():
+                    if other is not entry and other.pool is entry.pool and other.actor == entry.actor:
+                        other.killed_by = entry.label
+            entry.pool.replace(entry.actor)
+        else:
+            ray.cancel(entry.gen, force=True, recursive=True)
+
+    def _on_timeout(self, entry: _Batch, seconds: float) -> None:
+        """A watched batch ran past its timeout; its task was cancelled (monitor thread)."""
+        entry.error = TimeoutError(
+            f"its Ray task ({entry.name}) was cancelled after {seconds:g} s of running: "
+            + (
+                "its actor was killed and replaced by a new one (whose initializer runs)"
+                if entry.pool is not None
+                else "ray.cancel(force=True) ended the worker process running it (Ray starts another)"
+            )
+        )
+        self._fire(entry)
 
     def _fire(self, entry: _Batch) -> None:
         """Run the batch's callback, once."""
@@ -321,6 +492,8 @@ class RayBackend(ParallelBackendBase):
             if entry.fired:
                 return
             entry.fired = True
+        if entry.pool is not None:
+            entry.pool.done(entry.actor)
         if entry.waiter is not None:
             entry.waiter.discard((entry.ref,))
         if entry.callback is not None:
@@ -331,6 +504,8 @@ class RayBackend(ParallelBackendBase):
         type and the worker's traceback as ``__cause__``;
         :class:`par_api.WorkerDiedError` when the worker (or node) running it died more
         often than Ray retries."""
+        if out.error is not None:
+            raise out.error
         try:
             try:
                 return out.future.result()
@@ -338,16 +513,30 @@ class RayBackend(ParallelBackendBase):
                 if isinstance(exc.cause, ray.exceptions.TaskCancelledError):
                     raise exc.cause from None  # a running task cancelled: see below
                 raise _original(exc)  # noqa: B904 - its __cause__ is the remote traceback
-        except _DIED as exc:
+        except _ACTOR_DIED as exc:
             raise WorkerDiedError(
-                f"The Ray worker running the par batch {out.name} ({out.ref.hex()}) died, and Ray "
+                f"The Ray actor running the par batch {out.name} ({out.label}) died: "
+                f"{type(exc).__name__}: {_first_line(exc)}. Ray restarts it (its initializer "
+                f"runs again) unless the initializer itself raised (its error is in the "
+                f"cause). Other causes: a task used more memory than the node has, a crash in "
+                f"native code, os._exit in a task."
+                + (f" It was killed for the timeout of {out.killed_by}." if out.killed_by else ""),
+                # a batch queued on an actor restarted for another's timeout names that one:
+                # the scheduler then runs it again without spending its retries
+                task=out.killed_by or out.label,
+            ) from exc
+        except _DIED as exc:
+            if out.ref in self._cancelled:  # our own abort ended its worker (force=True)
+                raise CancelledError(f"par cancelled the Ray task of batch {out.name}") from exc
+            raise WorkerDiedError(
+                f"The Ray worker running the par batch {out.name} ({out.label}; {out.ref.hex()}) died, and Ray "
                 f"did not run it again (max_retries={self._task_options().get('max_retries', 3)}): "
                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. "
                 f"Likely causes: a task used more memory than the node has (Ray's memory monitor "
                 f"or the OS killed it), a crash in native code (segfault), os._exit in a task, "
                 f"or a node that left the cluster. The Ray logs (session_latest/logs of the "
                 f"node's temp dir) say more.",
-                task=out.name,
+                task=out.label,
             ) from exc
         except (ray.exceptions.TaskCancelledError, CancelledError) as exc:
             if out.ref in self._cancelled:  # our own abort: the call is over anyway
@@ -361,14 +550,24 @@ class RayBackend(ParallelBackendBase):
     def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
         """Wait up to ``timeout`` seconds for the batch (``TimeoutError``), then as
         :meth:`retrieve_result_callback`."""
-        if not wait([out.future], timeout=timeout).done:
+        if out.future is None and out.error is None:  # a watched batch: its results are not known yet
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while out.future is None and out.error is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"the Ray task of the par batch {out.name} did not finish within {timeout} s")
+                time.sleep(0.01)
+        if out.error is None and not wait([out.future], timeout=timeout).done:
             raise TimeoutError(f"the Ray task of the par batch {out.name} did not finish within {timeout} s")
         return self.retrieve_result_callback(out)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Cancel every pending task of this backend (``ray.cancel``: queued tasks never
-        start, running ones get ``KeyboardInterrupt``) and release the call's objects.
-        The runtime stays: the backend remains usable."""
+        """Cancel every pending task of this backend and release the call's objects.
+        Plain tasks: ``ray.cancel(force=True)``: queued tasks never start, and the worker
+        process of a running one is ended (Ray starts another), as loky ends its workers
+        on an abort; ``force=False`` (a ``KeyboardInterrupt`` in the task) was not always
+        delivered (CI's fresh environments: running tasks ran to their end). Actor tasks
+        (no ``force`` for them): ``force=False``. The runtime stays: the backend remains
+        usable."""
         with self._lock:
             pending = list(self._pending.values())
             self._pending.clear()
@@ -377,8 +576,11 @@ class RayBackend(ParallelBackendBase):
                 self._cancelled.clear()
             self._cancelled.update(e.ref for e in pending)
         for entry in pending:
+            if entry.gen is not None:
+                self._monitor.forget(entry)
             with contextlib.suppress(Exception):
-                ray.cancel(entry.ref, force=False, recursive=True)
+                target = entry.gen if entry.gen is not None else entry.ref
+                ray.cancel(target, force=entry.pool is None, recursive=True)
         if args is not None:
             args.clear()
 
@@ -390,9 +592,11 @@ class RayBackend(ParallelBackendBase):
             args.clear()
 
     def terminate(self) -> None:
-        """Cancel what is still pending. The Ray runtime stays initialised (starting one
-        costs seconds); ``par_backends_ray.shutdown()`` ends it."""
+        """Cancel what is still pending and kill the actors (of an ``initializer``). The
+        Ray runtime stays initialised (starting one costs seconds);
+        ``par_backends_ray.shutdown()`` ends it."""
         self.abort_everything(ensure_ready=False)
+        self._kill_pool()
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
         """A ``RayBackend`` with the same options on the worker's runtime: a

@@ -224,7 +224,7 @@ class Policy:
         other than ``'raise'`` on a backend with ``supports_task_timeout``. Then the
         engine no longer applies it to its wait for results. On process backends
         (``uses_threads`` false) the workers enforce it (:mod:`._task_timeout`); a thread
-        backend, or one with ``watches_task_timeout``, enforces it itself."""
+        backend, or one with ``watches_task_timeout`` (dask, ray), enforces it itself."""
         if timeout is None or self.on_error == "raise" or not getattr(backend, "supports_task_timeout", False):
             return False
         self.task_timeout = timeout
@@ -235,7 +235,7 @@ class Policy:
 
     #: Whether a worker process ends itself when its task overruns (else the backend
     #: enforces the per-task timeout: thread backends, and backends with
-    #: ``watches_task_timeout`` such as dask).
+    #: ``watches_task_timeout`` such as dask and ray).
     worker_exit = False
 
     def timed_out(self, error: BaseException) -> bool:
