@@ -601,20 +601,26 @@ class _Call:
                         self._rerun.append((seq, pos, piece, 0))
                 self._cond.notify_all()
                 return
-            self._complete_guarded_locked(seq, size, t_submit, now, results, batch.index)
+            self._complete_guarded_locked(seq, size, t_submit, now, results, batch.index, True)
 
     def _complete_guarded_locked(
-        self, seq: int, size: int, t_submit: float, now: float, results: Any, first_index: int
+        self, seq: int, size: int, t_submit: float, now: float, results: Any, first_index: int, sent: bool
     ) -> None:
+        """``sent``: ``results`` are a batch's, as its worker returned them (envelopes
+        listed at their end); else the slots of a batch whose tasks ran one by one."""
         assert self._policy is not None
-        results, failed, n_retried = self._policy.unpack(results, first_index)
+        policy = self._policy
+        if sent:
+            results, failed, n_retried = policy.open(results, first_index)
+        else:
+            results, failed, n_retried = policy.unpack(results, first_index)
         self._n_retried += n_retried
         if failed:
             self._n_failed += len(failed)
-            if self._policy.on_error == "raise":
+            if policy.on_error == "raise":
                 self._fail_locked(failed[0])
                 return
-            if self._policy.on_error == "collect":
+            if policy.on_error == "collect":
                 self.failures.extend(failed)
         self._record_locked(seq, size, t_submit, now, results)
 
@@ -649,7 +655,7 @@ class _Call:
         if _MISSING not in slots:
             del self._pieces[seq]
             now = _now()
-            self._complete_guarded_locked(seq, len(slots), now, now, slots, first_index)
+            self._complete_guarded_locked(seq, len(slots), now, now, slots, first_index, False)
 
     def _dispatch_reruns(self) -> None:
         """Submit the tasks queued to run again alone (the caller's thread)."""
