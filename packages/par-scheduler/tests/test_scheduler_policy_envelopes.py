@@ -64,3 +64,23 @@ def test_a_retried_result_is_opened_and_counted() -> None:
     assert isinstance(results[2], Retried) and results[-1].positions == (2,)
     opened, failures, n_retried = policy.open(results, 0)
     assert opened == [0, 1, 2, 3] and failures == [] and n_retried == 1
+
+
+def test_the_kept_batch_gives_back_the_same_tasks() -> None:
+    policy = Policy("return")
+    batch = policy.guarded(BatchedCalls([(_ok, (i,), {}) for i in range(4)], ("sequential", 1), 7))
+    kept = policy.keep(batch)
+    assert kept is not batch  # compact: the task tuples are not kept alive
+    restored = Policy.restore(kept)
+    assert [(f, a, k) for f, a, k in restored.tasks] == [(_ok, (i,), {}) for i in range(4)]
+    assert (restored.nested, restored.index) == (batch.nested, 7)
+    assert restored() == [0, 2, 4, 6]
+
+
+def test_other_batches_are_kept_as_they_are() -> None:
+    policy = Policy("return")
+    mixed = policy.guarded(BatchedCalls([(_ok, (1,), {}), (_fail_odd, (2,), {})], None, 0))
+    two_args = policy.guarded(BatchedCalls([(divmod, (1, 2), {}), (divmod, (3, 2), {})], None, 0))
+    keywords = policy.guarded(BatchedCalls([(_ok, (), {"x": 1}), (_ok, (), {"x": 2})], None, 0))
+    for batch in (mixed, two_args, keywords):
+        assert policy.keep(batch) is batch and Policy.restore(batch) is batch

@@ -216,6 +216,18 @@ class Envelopes:
         return (Envelopes, (self.positions,))
 
 
+class _Kept:
+    """A batch of ``func(arg)`` tasks as :meth:`Policy.keep` keeps it."""
+
+    __slots__ = ("args", "func", "index", "nested")
+
+    def __init__(self, func: Any, args: list[Any], nested: Any, index: int) -> None:
+        self.func = func
+        self.args = args
+        self.nested = nested
+        self.index = index
+
+
 def _add_note(exc: BaseException, note: str) -> None:
     if hasattr(exc, "add_note"):
         exc.add_note(note)
@@ -300,6 +312,35 @@ class Policy:
         in_worker = self.task_timeout if self.worker_exit else None
         packed: Any = (batch.nested, self.retries, self.retry_on, in_worker)
         return GuardedBatch(batch.tasks, packed, batch.index)
+
+    @staticmethod
+    def keep(batch: GuardedBatch) -> Any:
+        """What the parent keeps of a submitted ``batch`` until it completes, to run its
+        tasks again if its worker dies (:meth:`restore` gives the batch back): for the
+        usual batch of one function with one positional argument per task, the function
+        and the list of the arguments; else the batch. The tasks' tuples are then freed
+        once the batch is pickled, as without a policy: kept alive, each would be walked
+        by the garbage collector's next young collection (0.08 us per task, which was
+        most of what ``on_error='return'`` cost on 10^6 trivial tasks)."""
+        tasks = batch.tasks
+        if len(tasks) < 2:
+            return batch
+        try:
+            first = tasks[0][0]
+            args = [a for f, (a,), k in tasks if f is first and not k]
+        except (TypeError, ValueError, IndexError):  # not all (func, (arg,), kwargs)
+            return batch
+        if len(args) != len(tasks):
+            return batch
+        return _Kept(first, args, batch.nested, batch.index)
+
+    @staticmethod
+    def restore(kept: Any) -> GuardedBatch:
+        """The batch that :meth:`keep` kept."""
+        if type(kept) is not _Kept:
+            return kept  # type: ignore[no-any-return]
+        func = kept.func
+        return GuardedBatch([(func, (a,), {}) for a in kept.args], kept.nested, kept.index)
 
     def retry_death(self, attempts: int) -> bool:
         """Whether a lone task whose worker died (or timed out) after ``attempts`` extra
