@@ -123,6 +123,13 @@ def _pack_tasks(tasks: Any) -> Any:
     """
     try:
         first = tasks[0][0]
+        try:  # the usual batch, in one pass
+            singles = [a for f, (a,), k in tasks if f is first and not k]
+        except (TypeError, ValueError):  # an args tuple not of length 1 (or not a triple)
+            pass
+        else:
+            if len(singles) == len(tasks):
+                return (first, singles, _SINGLE)
         args = [a for f, a, k in tasks if f is first and not k]
         if len(args) == len(tasks):
             singles = [a[0] for a in args if len(a) == 1]
