@@ -84,3 +84,22 @@ def test_other_batches_are_kept_as_they_are() -> None:
     keywords = policy.guarded(BatchedCalls([(_ok, (), {"x": 1}), (_ok, (), {"x": 2})], None, 0))
     for batch in (mixed, two_args, keywords):
         assert policy.keep(batch) is batch and Policy.restore(batch) is batch
+
+
+def test_single_argument_tasks_keep_results_around_failures() -> None:
+    # what a process worker runs: the tasks as a SingleArgTasks, mapped
+    from par_api import SingleArgTasks
+
+    seen: list[int] = []
+
+    def record(x: int) -> int:
+        seen.append(x)
+        return _fail_odd(x)
+
+    policy = Policy("return")
+    batch = policy.guarded(BatchedCalls(SingleArgTasks(record, list(range(6))), None, 0))  # type: ignore[arg-type]
+    results = batch()
+    assert seen == [0, 1, 2, 3, 4, 5]  # each task ran once, in order
+    assert results[-1].positions == (1, 3, 5)
+    opened, failures, _ = policy.open(results, 0)
+    assert opened[0::2] == [0, 2, 4] and [str(e) for e in failures] == ["1", "3", "5"]

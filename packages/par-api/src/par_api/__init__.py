@@ -35,7 +35,7 @@ from .registry import (
     multiprocessing_available,
     register_parallel_backend,
 )
-from .task import BatchedCalls, Task, TaskTuple, delayed
+from .task import BatchedCalls, SingleArgTasks, Task, TaskTuple, delayed
 from .worker import (
     bind_worker_state,
     check_forward_output,
@@ -48,6 +48,7 @@ from .worker import (
 
 __all__ = [
     "CallArguments",
+    "SingleArgTasks",
     "Slot",
     "fill_slots",
     "ON_ERROR_VALUES",

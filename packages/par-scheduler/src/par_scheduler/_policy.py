@@ -30,6 +30,7 @@ from par_api import (
     TASK_TIMEOUT_EXIT_CODE,
     BatchedCalls,
     RemoteTraceback,
+    SingleArgTasks,
     WorkerDiedError,
     check_on_error,
     check_retries,
@@ -173,8 +174,24 @@ class GuardedBatch(BatchedCalls):
         out: list[Any] = []
         append = out.append
         marked: list[int] | None = None  # positions of the envelopes, when there are any
-        if task_timeout is None:
-            for func, args, kwargs in self.tasks:
+        tasks = self.tasks
+        if task_timeout is None and type(tasks) is SingleArgTasks:
+            # map, as BatchedCalls runs them; list.extend keeps the results before a
+            # task that raises, and the map goes on after it
+            func, values = tasks.func, tasks.args
+            rest = iter(values)
+            while True:
+                try:
+                    out.extend(map(func, rest))
+                    break
+                except Exception:
+                    if marked is None:
+                        marked = []
+                    pos = len(out)
+                    marked.append(pos)
+                    append(Guard(func, retries, retry_on).rerun((values[pos],), {}, sys.exc_info()[1]))
+        elif task_timeout is None:
+            for func, args, kwargs in tasks:
                 try:
                     append(func(*args, **kwargs))
                 except Exception:
@@ -184,7 +201,7 @@ class GuardedBatch(BatchedCalls):
                     append(Guard(func, retries, retry_on).rerun(args, kwargs, sys.exc_info()[1]))
         else:
             dog = watchdog()
-            for func, args, kwargs in self.tasks:
+            for func, args, kwargs in tasks:
                 dog.arm(task_timeout)  # re-runs for retry_on get a timeout of their own
                 try:
                     append(func(*args, **kwargs))
