@@ -144,14 +144,14 @@ class BatchedCalls:
 
     def __call__(self) -> list[Any]:
         if self.nested is None:
-            return self._run()
+            return self._call_tasks()
         from .config import _nested_scope
 
         with _nested_scope(*self.nested):
-            return self._run()
+            return self._call_tasks()
 
-    def _run(self) -> list[Any]:
-        tasks = self.tasks
+    def _call_tasks(self) -> list[Any]:
+        tasks: Any = self.tasks  # a list, or SingleArgTasks in a process worker
         if type(tasks) is SingleArgTasks:
             return list(map(tasks.func, tasks.args))
         return [func(*args, **kwargs) for func, args, kwargs in tasks]

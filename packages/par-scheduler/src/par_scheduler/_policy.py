@@ -174,7 +174,7 @@ class GuardedBatch(BatchedCalls):
         out: list[Any] = []
         append = out.append
         marked: list[int] | None = None  # positions of the envelopes, when there are any
-        tasks = self.tasks
+        tasks: Any = self.tasks  # SingleArgTasks in a process worker
         if task_timeout is None and type(tasks) is SingleArgTasks:
             # map, as BatchedCalls runs them; list.extend keeps the results before a
             # task that raises, and the map goes on after it
