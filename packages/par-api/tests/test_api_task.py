@@ -218,3 +218,21 @@ def test_delayed_accepts_unhashable_callables_and_bound_methods() -> None:
     assert func is obj and func(*args) == 2
     func, args, _ = delayed(obj.method)(4)
     assert func(*args) == 8
+
+
+def test_single_arg_tasks_is_the_sequence_of_its_task_tuples() -> None:
+    tasks = par_api.SingleArgTasks(abs, [-1, -2, -3])
+    assert len(tasks) == 3
+    assert list(tasks) == [(abs, (-1,), {}), (abs, (-2,), {}), (abs, (-3,), {})]
+    assert tasks[1] == (abs, (-2,), {}) and tasks[-1] == (abs, (-3,), {})
+    assert tasks[1:] == [(abs, (-2,), {}), (abs, (-3,), {})]
+    assert tasks[0][2] is not tasks[0][2]  # each access gets its own kwargs
+    back = pickle.loads(pickle.dumps(tasks))
+    assert type(back) is par_api.SingleArgTasks and list(back) == list(tasks)
+
+
+def test_batched_calls_maps_single_arg_tasks_in_order_and_raises_the_first_error() -> None:
+    assert BatchedCalls(par_api.SingleArgTasks(abs, [-1, 2, -3]))() == [1, 2, 3]  # type: ignore[arg-type]
+    nested = BatchedCalls(par_api.SingleArgTasks(math.sqrt, [4.0, -1.0]), ("sequential", 1))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="math domain error"):
+        nested()

@@ -37,7 +37,7 @@ from .registry import (
     register_parallel_backend,
 )
 from .shm import SHM_FOLDER, shm_folder
-from .task import BatchedCalls, Task, TaskTuple, delayed
+from .task import BatchedCalls, SingleArgTasks, Task, TaskTuple, delayed
 from .worker import (
     bind_worker_state,
     check_forward_output,
@@ -53,6 +53,7 @@ __all__ = [
     "SHM_FOLDER",
     "shm_folder",
     "CallArguments",
+    "SingleArgTasks",
     "Slot",
     "fill_slots",
     "ON_ERROR_VALUES",

@@ -515,7 +515,9 @@ class _Call:
                     submit(batch, callback=partial(on_done, seq, size, _now()))
                 else:  # the batch is kept until it completes: it may have to run again
                     batch = self._policy.guarded(batch)
-                    submit(batch, callback=partial(self._on_guarded_done, seq, size, _now(), batch))
+                    kept = self._policy.keep(batch)
+                    submit(batch, callback=partial(self._on_guarded_done, seq, size, _now(), kept))
+                    del kept
                 del batch
         except BaseException as exc:  # the iterable or submit failed (or Ctrl-C)
             with self._lock:
@@ -573,10 +575,11 @@ class _Call:
         else:
             self._cond.notify()  # results to hand over, or room to dispatch into
 
-    def _on_guarded_done(self, seq: int, size: int, t_submit: float, batch: BatchedCalls, out: Any) -> None:
+    def _on_guarded_done(self, seq: int, size: int, t_submit: float, kept: Any, out: Any) -> None:
         """The completion callback of batch ``seq`` under a failure policy: the tasks'
         failures come back as envelopes (opened here); a batch that failed as a whole
-        (its worker died) is queued to run again task by task, on fresh workers."""
+        (its worker died) is queued to run again task by task, on fresh workers
+        (``kept``: what ``Policy.keep`` kept of the batch)."""
         try:
             results = self._backend.retrieve_result_callback(out)
             error: BaseException | None = None
@@ -591,6 +594,7 @@ class _Call:
                 if not isinstance(error, Exception):  # KeyboardInterrupt and the like
                     self._fail_locked(error)
                     return
+                batch = Policy.restore(kept)
                 self._pieces[seq] = (batch.index, [_MISSING] * size)
                 tasks = batch.tasks
                 if size == 1:
@@ -601,20 +605,26 @@ class _Call:
                         self._rerun.append((seq, pos, piece, 0))
                 self._cond.notify_all()
                 return
-            self._complete_guarded_locked(seq, size, t_submit, now, results, batch.index)
+            self._complete_guarded_locked(seq, size, t_submit, now, results, kept.index, True)
 
     def _complete_guarded_locked(
-        self, seq: int, size: int, t_submit: float, now: float, results: Any, first_index: int
+        self, seq: int, size: int, t_submit: float, now: float, results: Any, first_index: int, sent: bool
     ) -> None:
+        """``sent``: ``results`` are a batch's, as its worker returned them (envelopes
+        listed at their end); else the slots of a batch whose tasks ran one by one."""
         assert self._policy is not None
-        results, failed, n_retried = self._policy.unpack(results, first_index)
+        policy = self._policy
+        if sent:
+            results, failed, n_retried = policy.open(results, first_index)
+        else:
+            results, failed, n_retried = policy.unpack(results, first_index)
         self._n_retried += n_retried
         if failed:
             self._n_failed += len(failed)
-            if self._policy.on_error == "raise":
+            if policy.on_error == "raise":
                 self._fail_locked(failed[0])
                 return
-            if self._policy.on_error == "collect":
+            if policy.on_error == "collect":
                 self.failures.extend(failed)
         self._record_locked(seq, size, t_submit, now, results)
 
@@ -649,7 +659,7 @@ class _Call:
         if _MISSING not in slots:
             del self._pieces[seq]
             now = _now()
-            self._complete_guarded_locked(seq, len(slots), now, now, slots, first_index)
+            self._complete_guarded_locked(seq, len(slots), now, now, slots, first_index, False)
 
     def _dispatch_reruns(self) -> None:
         """Submit the tasks queued to run again alone (the caller's thread)."""

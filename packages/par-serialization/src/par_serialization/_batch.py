@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from itertools import repeat
 from typing import Any
 
+from par_api import SingleArgTasks
+
 from . import _buffers, _orphans, _spill
 from ._blobs import DEFAULT_BLOB_THRESHOLD, BlobStore, TempBlobStore
 from ._errors import ResultPicklingError, TaskPicklingError, UnpicklableExceptionError
@@ -123,6 +125,13 @@ def _pack_tasks(tasks: Any) -> Any:
     """
     try:
         first = tasks[0][0]
+        try:  # the usual batch, in one pass
+            singles = [a for f, (a,), k in tasks if f is first and not k]
+        except (TypeError, ValueError):  # an args tuple not of length 1 (or not a triple)
+            pass
+        else:
+            if len(singles) == len(tasks):
+                return (first, singles, _SINGLE)
         args = [a for f, a, k in tasks if f is first and not k]
         if len(args) == len(tasks):
             singles = [a[0] for a in args if len(a) == 1]
@@ -141,8 +150,8 @@ def _unpack_tasks(packed: Any) -> list[Any]:
     if type(packed) is not tuple:
         return packed  # type: ignore[no-any-return]
     func, args, kwargs = packed
-    if type(kwargs) is int:  # _SINGLE
-        return list(zip(repeat(func), [(a,) for a in args], repeat(_NO_KWARGS)))
+    if type(kwargs) is int:  # _SINGLE: no tuple per task (BatchedCalls maps func over args)
+        return SingleArgTasks(func, args)  # type: ignore[return-value]
     return list(zip(repeat(func), args, repeat(_NO_KWARGS) if kwargs is None else kwargs))
 
 
