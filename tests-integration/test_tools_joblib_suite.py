@@ -95,6 +95,11 @@ def test_the_rules_on_a_small_file():
         def test_script():
             return BAD_SCRIPT
 
+        def test_private_method_override():
+            class Quiet(Parallel):
+                def _print(self, msg):
+                    pass
+
         def test_local_name_shadows_the_module():
             parallel = Parallel(n_jobs=2)
             return parallel.n_jobs
@@ -108,11 +113,13 @@ def test_the_rules_on_a_small_file():
         "test_module_attribute",
         "test_outside_scope",
         "test_script",
+        "test_private_method_override",
     }
     assert "joblib.parallel.BACKENDS" in lo["test_helper_reaches_internal"]
     assert "joblib.parallel.get_active_backend" in lo["test_module_attribute"]
     assert "joblib.Memory (outside par)" in lo["test_outside_scope"]
     assert "joblib.hash" in lo["test_script"]
+    assert "overrides the private method ._print" in lo["test_private_method_override"]
     new = out["test_x.py"]
     assert "par.Parallel(n_jobs=1" in new and "par.delayed" in new
     assert "from par import Parallel" in new and "from joblib.parallel import BACKENDS" in new

@@ -30,7 +30,8 @@ The selection rule (printed by every run):
      (``joblib._parallel_backends.LokyBackend``, ``joblib.parallel.BACKENDS``, ...);
    - use a public joblib name par does not provide (``Memory``, ``hash``, ...:
      outside par's scope);
-   - read a private attribute (``p._backend``, ``parallel._aborting``);
+   - read a private attribute (``p._backend``, ``parallel._aborting``), or override a
+     private method in a subclass of a joblib class (``Parallel._print``);
    - write a subprocess script (a string) that imports a non-public joblib name.
    Decorators are not followed (``@parametrize`` lists are evaluated by pytest).
 4. A parametrized case whose parameter is an object of joblib's internals (an
@@ -55,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FILES = ["test_parallel.py", "test_config.py", "test_dask.py", "test_memmapping.py"]
+COPIED_AS_IS = ["testutils.py"]  # joblib's test helpers, imported by name by the tests' scripts
 
 # joblib's public names that par provides under the same name (README.md).
 PUBLIC = {
@@ -99,6 +101,7 @@ UTILITY_SCOPES = {
 LEFT_OUT_TAG = "joblib-suite:"
 
 _STRING_IMPORT = re.compile(r"^(?P<indent>[ \t]*)from joblib(?P<mod>\.[\w.]+)? import (?P<names>[\w, ]+)$", re.M)
+_STRING_PRIVATE = re.compile(r"\w\.(_[a-z]\w*)")
 _STRING_OTHER = re.compile(r"^[ \t]*(import joblib\b.*|from joblib\.[\w.]+ import .*)$", re.M)
 
 
@@ -146,6 +149,9 @@ def _string_reasons(text: str) -> list[str]:
             if n and n not in PUBLIC:
                 kind = "outside par" if n in OUT_OF_SCOPE else "internal"
                 reasons.append(f"a script imports joblib{m['mod'] or ''}.{n} ({kind})")
+    if _STRING_IMPORT.search(text) or _STRING_OTHER.search(text):  # a script: its private reads
+        for attr in sorted(set(_STRING_PRIVATE.findall(text))):
+            reasons.append(f"a script reads the private attribute .{attr}")
     for m in _STRING_OTHER.finditer(text):
         line = m.group(0).strip()
         mod = line.split()[1]
@@ -301,6 +307,25 @@ class FileRewrite:
                     self._use(d, _classify("joblib.parallel", node.attr))
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and not keep:
                 d.reasons.update(_string_reasons(node.value))
+        for node in ast.walk(fn):
+            # a subclass of a joblib class that overrides a private method (Parallel._print)
+            if isinstance(node, ast.ClassDef) and id(node) not in skip and not keep:
+                from_joblib = False
+                for base in node.bases:
+                    root = base
+                    while isinstance(root, ast.Attribute):
+                        root = root.value
+                    if isinstance(root, ast.Name):
+                        b = local.get(root.id) or self.bindings.get(root.id)
+                        from_joblib = from_joblib or (b is not None and b.kind != "sibling")
+                for item in node.body:
+                    if (
+                        from_joblib
+                        and isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        and item.name.startswith("_")
+                        and not item.name.startswith("__")
+                    ):
+                        d.reasons.add(f"overrides the private method .{item.name}")
         for b in local.values():
             if b.kind == "sibling":
                 d.sibling_refs.add(tuple(b.target.split(":")))  # type: ignore[arg-type]
@@ -556,6 +581,8 @@ def prepare(dest: Path, lib: str, files: list[str], timeout: int) -> tuple[dict,
     out, left_out, counts = select(sources, lib)
     for f in FILES:  # every file is written (they import each other's helpers)
         (dest / f).write_text(out[f])
+    for f in COPIED_AS_IS:  # helpers the scripts of the tests import by module name
+        shutil.copy(src_dir / f, dest / f)
     utility = sorted(UTILITY_MODULES)
     (dest / "conftest.py").write_text(CONFTEST.format(public=sorted(PUBLIC), utility=utility, tag=LEFT_OUT_TAG))
     (dest / "pytest.ini").write_text(PYTEST_INI.format(timeout=timeout))
@@ -580,16 +607,19 @@ def run_file(dest: Path, f: str, workers: int, timeout: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(dest)}
     env.pop("JOBLIB_SUITE_COLLECT", None)
     cmd = [sys.executable, "-m", "pytest", "-c", str(dest / "pytest.ini"), "--rootdir", str(dest),
-           f"--timeout={timeout}", f"--junitxml={xml}", "-q", "-rfE", "--tb=line", f]
+           f"--timeout={timeout}", f"--junitxml={xml}", "-v", "-rfE", "--tb=line", f]
     if workers > 0:
         cmd[3:3] = ["-n", str(workers)]
+    log = dest / f"{f}.log"  # pytest's output, written as it runs
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True)
+    with open(log, "w") as out:
+        subprocess.run(cmd, cwd=dest, env=env, stdout=out, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
+    output = log.read_text(errors="replace")
     res = {"passed": 0, "failed": 0, "skipped": 0, "left_out": 0, "wall": round(wall, 1), "failures": {}}
     if not xml.exists():
         res["failed"] = -1
-        res["error"] = proc.stdout[-3000:] + proc.stderr[-3000:]
+        res["error"] = output[-3000:]
         return res
     for case in ET.parse(xml).getroot().iter("testcase"):
         nodeid = f"{case.get('classname', '')}::{case.get('name')}"
@@ -605,7 +635,7 @@ def run_file(dest: Path, f: str, workers: int, timeout: int) -> dict:
                 res["skipped"] += 1
         else:
             res["passed"] += 1
-    res["tail"] = proc.stdout[-1500:]
+    res["tail"] = output[-1500:]
     return res
 
 
