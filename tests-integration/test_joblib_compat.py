@@ -311,3 +311,54 @@ def test_leaving_a_threading_block_early_does_not_run_the_rest():
         """
     )
     assert out["most_skipped"] is True
+
+
+# -- found by joblib's own tests (tools/joblib_suite.py) ---------------------------------
+
+
+def test_texts_that_joblibs_own_tests_match():
+    assert_same(
+        """
+        import pickle, re
+        for param in ("prefer", "require"):
+            def use():
+                with parallel_config(**{param: "wrong"}):  # joblib raises here, par when created
+                    Parallel()
+            kind, text = error_of(use)
+            OUT[f"cfg_{param}"] = [kind, bool(re.match(f"{param}=wrong is not a valid backend (hint|constraint), expected one of", text))]
+        # the warning for a timeout that cannot apply, word for word
+        for timeout in (1, 0.5):
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                Parallel(n_jobs=1, timeout=timeout)(delayed(abs)(-i) for i in range(2))
+            OUT[f"timeout_{timeout}"] = [str(x.message) for x in w if "timeout" in str(x.message)]
+        class Unpicklable:
+            def __reduce__(self):
+                raise RuntimeError("123")
+        try:
+            Parallel(n_jobs=2, backend="loky")(delayed(id)(Unpicklable()) for _ in range(3))
+        except pickle.PicklingError as exc:
+            OUT["pickling"] = bool(re.search("the task to send", str(exc)))
+        """
+    )
+
+
+def test_process_backend_inside_a_daemonic_dask_worker_warns_with_the_dask_work_arounds():
+    pytest.importorskip("distributed")
+    out = assert_same(
+        """
+        import distributed
+        def inner(backend):
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                res = Parallel(n_jobs=2, backend=backend)(delayed(abs)(-i) for i in range(4))
+            texts = [str(x.message) for x in w if "n_jobs=1" in str(x.message)]
+            return res, len(texts), all("distributed.worker.daemon" in t for t in texts)
+        if __name__ == "__main__":
+            with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                          dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                for backend in ("loky", "multiprocessing"):
+                    OUT[backend] = client.submit(inner, backend, pure=False).result()
+        """
+    )
+    assert out["loky"] == [[0, 1, 2, 3], 1, True] and out["multiprocessing"] == [[0, 1, 2, 3], 1, True]

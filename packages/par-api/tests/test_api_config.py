@@ -433,8 +433,8 @@ def test_invalid_inner_max_num_threads(value: Any, error: type[Exception], messa
             TypeError,
             r"temp_folder must be a path \(str or os.PathLike\) or None, got int",
         ),
-        ({"prefer": "gpu"}, ValueError, r"prefer='gpu' is not valid: use 'processes', 'threads' or None"),
-        ({"require": "shared"}, ValueError, r"require='shared' is not valid: use 'sharedmem' or None"),
+        ({"prefer": "gpu"}, ValueError, r"prefer=gpu is not a valid backend hint, expected one of \("),
+        ({"require": "shared"}, ValueError, r"require=shared is not a valid backend constraint, expected one of \("),
         (
             {"prefer": "processes", "require": "sharedmem"},
             ValueError,

@@ -66,13 +66,14 @@ def normalize_n_jobs(n_jobs: Any, n_cpus: int | None = None, name: str = "n_jobs
 
 def check_prefer(prefer: Any) -> str | None:
     if prefer not in PREFER_VALUES:
-        raise ValueError(f"prefer={prefer!r} is not valid: use 'processes', 'threads' or None.")
+        # joblib's text (code matching it keeps working)
+        raise ValueError(f"prefer={prefer} is not a valid backend hint, expected one of ('processes', 'threads', None)")
     return prefer  # type: ignore[no-any-return]
 
 
 def check_require(require: Any) -> str | None:
     if require not in REQUIRE_VALUES:
-        raise ValueError(f"require={require!r} is not valid: use 'sharedmem' or None.")
+        raise ValueError(f"require={require} is not a valid backend constraint, expected one of ('sharedmem', None)")
     return require  # type: ignore[no-any-return]
 
 

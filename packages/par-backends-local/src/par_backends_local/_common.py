@@ -147,6 +147,21 @@ def fill_source_lines(text: str) -> str:
         if source:
             out.append(f"{indent}  {source}")
     return "\n".join(out)
+def _inside_dask_worker() -> bool:
+    """True in a task of a ``distributed`` worker (distributed is then imported already;
+    this package does not import it)."""
+    import sys
+
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except Exception:
+        return False
+    return True
+
+
 def nested_process_n_jobs(backend: Any, n_jobs: int | None, label: str) -> int | None:
     """1 (with joblib's warning) where a process backend must not start processes: inside
     a daemonic process (a multiprocessing or dask worker cannot have children), or in a
@@ -159,6 +174,18 @@ def nested_process_n_jobs(backend: Any, n_jobs: int | None, label: str) -> int |
     import threading
     import warnings
 
+    if multiprocessing.current_process().daemon and _inside_dask_worker():
+        if n_jobs != 1:
+            # joblib's text, with its work-arounds
+            warnings.warn(
+                "Inside a Dask worker with daemon=True, setting n_jobs=1.\nPossible work-arounds:\n"
+                "- dask.config.set({'distributed.worker.daemon': False})\n"
+                "- set the environment variable DASK_DISTRIBUTED__WORKER__DAEMON=False\n"
+                "before creating your Dask cluster. The tasks run sequentially in the caller.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return 1
     if multiprocessing.current_process().daemon:
         where = "called in a multiprocessing" if label == "Loky" else "nested"
         reason = (

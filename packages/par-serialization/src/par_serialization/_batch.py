@@ -335,8 +335,10 @@ class BatchSerializer:
                         what = f"argument {label} of type {tname} cannot be pickled"
                         hint = _hint(tname)
                     return TaskPicklingError(
-                        f"Could not pickle task {index + i} (function {describe_callable(func)}) to send "
-                        f"it to a worker process: {what} ({type(sub).__name__}: {sub}). Hint: {hint}.",
+                        # starts with joblib's (loky's) text, which code may match
+                        f"Could not pickle the task to send it to the workers: task {index + i} "
+                        f"(function {describe_callable(func)}): {what} ({type(sub).__name__}: {sub}). "
+                        f"Hint: {hint}.",
                         task_index=index + i,
                         function=describe_callable(func),
                         argument=label,
@@ -352,8 +354,8 @@ class BatchSerializer:
                 )
         first = tasks[0] if len(tasks) else None
         return TaskPicklingError(
-            f"Could not pickle the batch of {len(tasks)} tasks starting at task {index} to send it "
-            f"to a worker process ({type(exc).__name__}: {exc}).",
+            f"Could not pickle the task to send it to the workers: the batch of {len(tasks)} tasks "
+            f"starting at task {index} ({type(exc).__name__}: {exc}).",
             task_index=index,
             function=describe_callable(first[0]) if first is not None else None,
         )

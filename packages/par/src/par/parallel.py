@@ -279,13 +279,12 @@ class Parallel:
         self._call_backend = backend
         self._effective_n_jobs = n
         if self.timeout is not None and not backend.supports_timeout:
-            # joblib's warning (n_jobs=1 and the sequential backend run in the caller's
-            # thread, where a task cannot be interrupted)
+            # joblib's warning, word for word (n_jobs=1 and the sequential backend run in the
+            # caller's thread, where a task cannot be interrupted)
             warnings.warn(
                 f"The backend class {type(backend).__name__!r} does not support timeout. You have "
                 f"set 'timeout={self.timeout:g}' in Parallel but the 'timeout' parameter will not "
-                f"be used: with n_jobs=1 or the sequential backend, tasks run in the caller's "
-                f"thread and cannot be interrupted.",
+                f"be used.",
                 UserWarning,
                 stacklevel=4,
             )
