@@ -288,6 +288,30 @@ def test_dask_backend_options():
     assert out["pinned"] is True and out["lens"] == [1000] * 6
 
 
+
+def test_dask_waits_for_a_first_worker_and_scales_an_adaptive_cluster():
+    """``wait_for_workers_timeout``: an adaptive cluster with no worker is asked for one
+    (by a probe task), and a cluster that never gets one raises ``TimeoutError`` with
+    joblib's key phrase."""
+    pytest.importorskip("distributed")
+    out = assert_same(
+        """
+        import distributed
+        with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+            cluster.adapt(minimum=0, maximum=1)
+            with distributed.Client(cluster) as client:
+                with parallel_config(backend="dask", wait_for_workers_timeout=30):
+                    OUT["adaptive"] = Parallel(n_jobs=-1)(delayed(abs)(-i) for i in range(4))
+        with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+            with distributed.Client(cluster) as client:
+                with parallel_config(backend="dask", wait_for_workers_timeout=1):
+                    kind, text = error_of(lambda: Parallel(n_jobs=-1)(delayed(abs)(-i) for i in range(4)))
+        OUT["none"] = [kind, text.split(".")[0]]
+        """
+    )
+    assert out["adaptive"] == [0, 1, 2, 3]
+    assert out["none"] == ["TimeoutError", "DaskDistributedBackend has no worker after 1 seconds"]
+
 # -- 8. leaving early ---------------------------------------------------------------------
 
 

@@ -76,6 +76,11 @@ _BACKEND_KWARGS = ("client", "scheduler_address", "scatter_threshold", "connect_
 _JOBLIB_KWARGS = ("scatter", "wait_for_workers_timeout")
 
 
+def _probe_task() -> None:
+    """Run once on the cluster while it has no worker: waiting for its result waits for a
+    first worker (and asks an adaptive cluster for one)."""
+
+
 def _submit_keywords() -> frozenset[str]:
     import inspect
 
@@ -363,15 +368,21 @@ class DaskBackend(ParallelBackendBase):
         client = self.get_client()
         threads = sum(client.nthreads().values())
         if threads == 0 and self.wait_for_workers_timeout:
-            # joblib waits for a first worker (a cluster still starting, an adaptive one)
+            # As joblib: wait for a first worker with a probe task, which also makes an
+            # adaptive cluster start one (client.wait_for_workers would not).
+            probe = client.submit(_probe_task, pure=False)
             try:
-                client.wait_for_workers(1, timeout=self.wait_for_workers_timeout)
-            except TimeoutError as exc:
+                probe.result(timeout=self.wait_for_workers_timeout)
+            except (TimeoutError, distributed.TimeoutError) as exc:
+                self._cancel_quietly(probe)
                 raise TimeoutError(
-                    f"DaskBackend has no worker after {self.wait_for_workers_timeout} seconds. "
-                    f"Make sure that workers are started and can properly connect to the "
-                    f"scheduler, or increase parallel_config(backend='dask', "
-                    f"wait_for_workers_timeout=...)."
+                    f"DaskDistributedBackend has no worker after {self.wait_for_workers_timeout} seconds. "
+                    f"Make sure that workers are started and can properly connect to the scheduler "
+                    f"and increase the par/dask connection timeout with:\n\n"
+                    f"parallel_config(backend='dask', "
+                    f"wait_for_workers_timeout={max(10, 2 * self.wait_for_workers_timeout)})\n\n"
+                    f"(par's dask backend is par_backends_dask.DaskBackend; the first sentence is "
+                    f"joblib's, for code that matches it.)"
                 ) from exc
             threads = sum(client.nthreads().values())
         return max(threads + 1 + n_jobs, 1)
