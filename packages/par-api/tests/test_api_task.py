@@ -236,3 +236,20 @@ def test_batched_calls_maps_single_arg_tasks_in_order_and_raises_the_first_error
     nested = BatchedCalls(par_api.SingleArgTasks(math.sqrt, [4.0, -1.0]), ("sequential", 1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="math domain error"):
         nested()
+
+
+def test_single_arg_tasks_of_recognises_only_the_one_function_one_argument_batch() -> None:
+    from par_api import SingleArgTasks
+
+    single = SingleArgTasks.of([(abs, (-1,), {}), (abs, (2,), {})])
+    assert single is not None and single.func is abs and single.args == [-1, 2]
+    assert list(single) == [(abs, (-1,), {}), (abs, (2,), {})]
+    assert SingleArgTasks.of(single) is single
+    for other in (
+        [],
+        [(abs, (1,), {}), (str, (2,), {})],  # two functions
+        [(divmod, (1, 2), {}), (divmod, (3, 4), {})],  # two arguments
+        [(abs, (), {"x": 1})],  # keywords
+        [(abs, 1, {})],  # not an args tuple
+    ):
+        assert SingleArgTasks.of(other) is None

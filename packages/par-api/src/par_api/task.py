@@ -95,6 +95,22 @@ class SingleArgTasks(Sequence[TaskTuple]):
         self.func = func
         self.args = args
 
+    @classmethod
+    def of(cls, tasks: Any) -> SingleArgTasks | None:
+        """``tasks`` as a :class:`SingleArgTasks` when every task calls the same function
+        with exactly one positional argument and no keywords (the usual
+        ``delayed(f)(x) for x in ...`` batch), else None; one pass over the tasks. The
+        one rule for that shape: ``par_serialization`` packs such batches by it, the
+        scheduler keeps them by it."""
+        if type(tasks) is cls:
+            return tasks  # type: ignore[no-any-return]
+        try:
+            first = tasks[0][0]
+            args = [a for f, (a,), k in tasks if f is first and not k]
+        except (TypeError, ValueError, IndexError, KeyError):  # empty, or not such triples
+            return None
+        return cls(first, args) if len(args) == len(tasks) else None
+
     def __len__(self) -> int:
         return len(self.args)
 

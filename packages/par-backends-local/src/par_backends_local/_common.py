@@ -147,6 +147,8 @@ def fill_source_lines(text: str) -> str:
         if source:
             out.append(f"{indent}  {source}")
     return "\n".join(out)
+
+
 def _inside_dask_worker() -> bool:
     """True in a task of a ``distributed`` worker (distributed is then imported already;
     this package does not import it)."""

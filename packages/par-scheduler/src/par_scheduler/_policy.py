@@ -236,11 +236,10 @@ class Envelopes:
 class _Kept:
     """A batch of ``func(arg)`` tasks as :meth:`Policy.keep` keeps it."""
 
-    __slots__ = ("args", "func", "index", "nested")
+    __slots__ = ("index", "nested", "tasks")
 
-    def __init__(self, func: Any, args: list[Any], nested: Any, index: int) -> None:
-        self.func = func
-        self.args = args
+    def __init__(self, tasks: SingleArgTasks, nested: Any, index: int) -> None:
+        self.tasks = tasks
         self.nested = nested
         self.index = index
 
@@ -343,24 +342,17 @@ class Policy:
         by the garbage collector's next young collection (0.08 us per task, which was
         most of what ``on_error='return'`` cost on 10^6 trivial tasks)."""
         tasks = batch.tasks
-        if len(tasks) < 2:
+        single = SingleArgTasks.of(tasks) if len(tasks) >= 2 else None
+        if single is None:
             return batch
-        try:
-            first = tasks[0][0]
-            args = [a for f, (a,), k in tasks if f is first and not k]
-        except (TypeError, ValueError, IndexError):  # not all (func, (arg,), kwargs)
-            return batch
-        if len(args) != len(tasks):
-            return batch
-        return _Kept(first, args, batch.nested, batch.index)
+        return _Kept(single, batch.nested, batch.index)
 
     @staticmethod
     def restore(kept: Any) -> GuardedBatch:
         """The batch that :meth:`keep` kept."""
         if type(kept) is not _Kept:
             return kept  # type: ignore[no-any-return]
-        func = kept.func
-        return GuardedBatch([(func, (a,), {}) for a in kept.args], kept.nested, kept.index)
+        return GuardedBatch(list(kept.tasks), kept.nested, kept.index)
 
     def retry_death(self, attempts: int) -> bool:
         """Whether a lone task whose worker died (or timed out) after ``attempts`` extra

@@ -123,20 +123,13 @@ def _pack_tasks(tasks: Any) -> Any:
     them without a Python-level call per task, where a NamedTuple such as
     ``par_api.Task`` goes through ``__reduce_ex__``. :func:`_unpack_tasks` undoes both.
     """
+    single = SingleArgTasks.of(tasks)  # the usual batch, in one pass
+    if single is not None:
+        return (single.func, single.args, _SINGLE)
     try:
         first = tasks[0][0]
-        try:  # the usual batch, in one pass
-            singles = [a for f, (a,), k in tasks if f is first and not k]
-        except (TypeError, ValueError):  # an args tuple not of length 1 (or not a triple)
-            pass
-        else:
-            if len(singles) == len(tasks):
-                return (first, singles, _SINGLE)
         args = [a for f, a, k in tasks if f is first and not k]
         if len(args) == len(tasks):
-            singles = [a[0] for a in args if len(a) == 1]
-            if len(singles) == len(args):
-                return (first, singles, _SINGLE)
             return (first, args, None)
         if all(task[0] is first for task in tasks):
             return (first, [task[1] for task in tasks], [task[2] for task in tasks])
