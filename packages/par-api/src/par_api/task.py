@@ -103,7 +103,7 @@ class SingleArgTasks(Sequence[TaskTuple]):
         one rule for that shape: ``par_serialization`` packs such batches by it, the
         scheduler keeps them by it."""
         if type(tasks) is cls:
-            return tasks  # type: ignore[no-any-return]
+            return tasks
         try:
             first = tasks[0][0]
             args = [a for f, (a,), k in tasks if f is first and not k]
