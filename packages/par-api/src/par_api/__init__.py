@@ -38,6 +38,7 @@ from .registry import (
 )
 from .shm import SHM_FOLDER, shm_folder
 from .task import BatchedCalls, SingleArgTasks, Task, TaskTuple, delayed
+from .threads import async_raise
 from .worker import (
     bind_worker_state,
     check_forward_output,
@@ -75,6 +76,7 @@ __all__ = [
     "WorkerDiedError",
     "__version__",
     "active_backend",
+    "async_raise",
     "available_backends",
     "backend_instance",
     "backend_providers",

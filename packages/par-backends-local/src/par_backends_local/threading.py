@@ -27,7 +27,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from par_api import ParallelBackendBase, bind_worker_state, normalize_n_jobs
+from par_api import ParallelBackendBase, async_raise, bind_worker_state, normalize_n_jobs
 
 from ._common import check_backend_kwargs
 
@@ -48,41 +48,6 @@ class TaskCancelled(BaseException):
     task does not swallow it. The caller never sees it: the call already failed with
     the error that aborted it.
     """
-
-
-def _async_raise(ident: int, exc_type: type[BaseException] | None) -> bool:
-    """Raise ``exc_type`` in thread ``ident`` at its next Python instruction (None
-    withdraws a pending one). False where the C API is not reachable (not CPython)."""
-    funcs = _set_async_exc()
-    if funcs is None:  # pragma: no cover - other interpreters
-        return False
-    raise_in, withdraw_in = funcs
-    count = raise_in(ident, exc_type) if exc_type is not None else withdraw_in(ident, None)
-    return bool(count == 1)
-
-
-_async_funcs: Any = None
-
-
-def _set_async_exc() -> Any:
-    """``(raise_in, withdraw_in)``: private ctypes prototypes of ``PyThreadState_SetAsyncExc``
-    (the second passes NULL), or None where ``ctypes.pythonapi`` does not exist."""
-    global _async_funcs
-    if _async_funcs is None:
-        try:
-            import ctypes
-
-            api = ctypes.pythonapi
-            raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
-                ("PyThreadState_SetAsyncExc", api)
-            )
-            withdraw_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
-                ("PyThreadState_SetAsyncExc", api)
-            )
-            _async_funcs = (raise_in, withdraw_in)
-        except (ImportError, AttributeError, OSError):  # pragma: no cover
-            _async_funcs = False
-    return _async_funcs or None
 
 
 class ThreadResult:
@@ -162,7 +127,7 @@ def _worker_loop(pool: _ThreadPool) -> None:
             except BaseException as exc:
                 running.discard(ident)
                 if ident in interrupted:  # an abort targeted this task: see below
-                    _async_raise(ident, None)
+                    async_raise(ident, None)
                 if timed and not pool.task_ended(ident, item):
                     return  # abandoned on its timeout: a new thread took this one's place
                 out._complete(_FAILED, exc)
@@ -172,7 +137,7 @@ def _worker_loop(pool: _ThreadPool) -> None:
                     # The task ended before the abort's exception was delivered: withdraw
                     # it now, before any other code (say, a finalizer that the collector
                     # runs in this thread) can receive it and be cut short.
-                    _async_raise(ident, None)
+                    async_raise(ident, None)
                 if timed and not pool.task_ended(ident, item):
                     return  # abandoned on its timeout: a new thread took this one's place
                 out._complete(_OK, value)
@@ -268,7 +233,7 @@ class _ThreadPool:
                     self.threads = [t for t in self.threads if t.ident != ident]
                     if not self._stopped.is_set():
                         self._add_thread()
-                _async_raise(ident, TaskCancelled)  # stops it if it runs Python code
+                async_raise(ident, TaskCancelled)  # stops it if it runs Python code
                 out._complete(
                     _FAILED,
                     TimeoutError(
@@ -301,7 +266,7 @@ class _ThreadPool:
         current = threading.get_ident()
         targets = [t.ident for t in self.threads if t.ident in self.running and t.ident != current]
         self.interrupted.update(ident for ident in targets if ident is not None)
-        targets = [ident for ident in targets if ident is not None and _async_raise(ident, TaskCancelled)]
+        targets = [ident for ident in targets if ident is not None and async_raise(ident, TaskCancelled)]
         if not targets:
             return
         deadline = time.monotonic() + grace
@@ -312,7 +277,7 @@ class _ThreadPool:
             # it normally; a thread whose task ended before the exception was delivered must
             # not get it later in unrelated code (a finalizer run by the collector there
             # would be cut short: "Exception ignored in: <Finalize object>").
-            _async_raise(ident, None)
+            async_raise(ident, None)
 
     def stop(self, join: bool) -> None:
         with self._lock:  # no replacement thread is added after this: each gets a stop marker

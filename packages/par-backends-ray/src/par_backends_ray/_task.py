@@ -20,12 +20,11 @@ time, and the children run on it); otherwise it waits for the batch thread on an
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from typing import Any
 
 import ray
-from par_api import fill_slots
+from par_api import async_raise, fill_slots
 
 __all__ = ["STARTED", "Waiter", "current_waiter", "run_batch", "run_batch_timed"]
 
@@ -71,7 +70,7 @@ def current_waiter() -> Waiter | None:
 def _interrupt(thread: threading.Thread) -> None:
     """Raise ``KeyboardInterrupt`` in ``thread`` at its next Python instruction."""
     if thread.ident is not None:
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+        async_raise(thread.ident, KeyboardInterrupt)
 
 
 def run_batch(batch: Any, *values: Any) -> list[Any]:
