@@ -93,7 +93,7 @@ def test_async_raise_withdraws_when_more_than_one_thread_state_is_hit(monkeypatc
 
 @pytest.mark.parametrize("bad", [_Stop(), "KeyboardInterrupt", int])
 def test_async_raise_rejects_what_is_not_an_exception_class(bad: object) -> None:
-    with pytest.raises(TypeError, match="exc_type must be an exception class .* or None"):
+    with pytest.raises(TypeError, match=r"exc_type must be an exception class .* or None"):
         async_raise(threading.get_ident(), bad)  # type: ignore[arg-type]
 
 
