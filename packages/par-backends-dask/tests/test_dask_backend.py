@@ -8,6 +8,7 @@ covers them).
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pickle
 import socket
@@ -586,3 +587,166 @@ def test_dask_abort_forgets_the_start_reports_it_awaited(backend):
     finally:
         backend.stop_call()
         backend.task_timeout = None
+
+
+# -- the watch after review (issue 17): late recoveries, early start reports, cleanup ---
+def _silent_runner():
+    """A stand-in for ``_timeouts.run_timed`` that runs the batch without reporting its
+    start (pickled by value: defined in a function, see _worker_functions)."""
+
+    def run_silently(key, batch, *values):
+        from par_backends_dask._pickling import KeepCode
+        from par_backends_dask._scatter import run_batch
+
+        if isinstance(batch, KeepCode):
+            batch = batch.load()
+        return run_batch(batch, *values)
+
+    return run_silently
+
+
+def test_dask_start_report_before_the_future_is_known_still_times_the_batch(backend, client, monkeypatch):
+    # The start report can reach the client's loop before client.submit has returned to
+    # _send: here it is delivered right then, and the batch itself reports nothing.
+    from par_backends_dask import _timeouts
+    from par_backends_dask import backend as backend_module
+
+    monkeypatch.setattr(backend_module, "run_timed", _silent_runner())
+    real_submit = client.submit
+    reported = []
+
+    def submit(*args, key, **kwargs):
+        future = real_submit(*args, key=key, **kwargs)
+        _timeouts._on_event((time.time(), {"key": key, "worker": None}))
+        reported.append(key)
+        return future
+
+    monkeypatch.setattr(client, "submit", submit)
+    (out,) = _submit_timed(backend, [one(time.sleep, 3)], timeout=0.5)
+    assert len(reported) == 1
+    with pytest.raises(TimeoutError, match="cancelled after"):
+        backend.retrieve_result_callback(out)
+
+
+def _started_entry(backend, seconds=3):
+    backend.start_call()
+    future = backend.submit(one(time.sleep, seconds))
+    with backend._lock:
+        entry = backend._pending[future]
+    return future, entry
+
+
+def _par_sleep_keys(client):
+    def keys(dask_scheduler):
+        return sorted(str(k) for k in dask_scheduler.tasks if str(k).startswith("par-sleep"))
+
+    return client.run_on_scheduler(keys)
+
+
+def test_dask_recovery_of_an_aborted_call_resubmits_nothing(backend, client):
+    # The watch looked the batch up before the abort and recovers it after a new call
+    # started: that call must not get the old call's batch.
+    future, entry = _started_entry(backend)
+    try:
+        backend.abort_everything()
+        backend.start_call()
+        backend._recover(entry, str(future.key), "memory")
+        assert entry.future is future
+        assert backend._pending == {}
+        assert backend._watch_state is None and not _watch_threads()
+    finally:
+        backend.stop_call()
+
+
+def test_dask_abort_during_a_recovery_resubmits_nothing(backend, client):
+    # abort_everything runs while _recover is between its check and the resubmission
+    # (here: when it logs that it submits again)
+    future, entry = _started_entry(backend)
+
+    class AbortOnResubmit(logging.Handler):
+        def emit(self, record):
+            if "submitting the batch again" in record.getMessage():
+                backend.abort_everything()
+
+    handler = AbortOnResubmit(level=logging.WARNING)
+    logger = logging.getLogger("par_backends_dask")
+    logger.addHandler(handler)
+    try:
+        backend._recover(entry, str(future.key), "memory")
+    finally:
+        logger.removeHandler(handler)
+        backend.stop_call()
+    assert entry.future is future  # nothing submitted under a new key
+    assert backend._pending == {}
+    assert backend._watch_state is None and not _watch_threads()
+    assert [k for k in _par_sleep_keys(client) if k != future.key] == []
+
+
+def test_dask_timed_calls_leave_no_start_report_awaited_nor_subscription(backend):
+    from par_backends_dask import _timeouts
+
+    for _ in range(2):  # the second call subscribes the client again
+        outs = _submit_timed(backend, [one(time.sleep, 3), one(abs, -1)], timeout=0.5)
+        with pytest.raises(TimeoutError):
+            backend.retrieve_result_callback(outs[0])
+        assert backend.retrieve_result_callback(outs[1]) == [1]
+        assert _timeouts._handlers == {}
+        assert _timeouts._subscribed == {}
+
+
+def test_dask_stop_call_forgets_the_start_reports_it_awaited(backend):
+    from par_backends_dask import _timeouts
+
+    backend.task_timeout = 30.0
+    try:
+        backend.start_call()
+        backend.submit(one(time.sleep, 5))
+        assert len(_timeouts._handlers) == 1 and len(_timeouts._subscribed) == 1
+        backend.stop_call()
+        assert _timeouts._handlers == {}
+        assert _timeouts._subscribed == {}
+    finally:
+        backend.abort_everything()  # cancels the batch still pending
+        backend.task_timeout = None
+
+
+def test_dask_watch_not_ending_in_time_is_logged(backend, caplog):
+    backend.watch_join_timeout = 0.2
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck_callback(out):
+        entered.set()
+        release.wait(30)
+
+    backend.start_call()
+    backend.submit(one(abs, -1), callback=stuck_callback)
+    assert entered.wait(30)
+    (thread,) = _watch_threads()
+    try:
+        with caplog.at_level("WARNING", logger="par_backends_dask"):
+            backend.stop_call()
+        assert thread.is_alive()
+        assert "did not end within 0.2 s" in caplog.text
+    finally:
+        release.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+class _CountingDict(dict):
+    walks = 0
+
+    def values(self):
+        type(self).walks += 1
+        return super().values()
+
+
+def test_dask_watch_does_not_walk_the_pending_batches_per_completion(backend):
+    # Between the periodic checks (every watch_interval) the watch finds completions
+    # and deadlines without looking at every pending batch.
+    backend.watch_interval = 60.0
+    backend._pending = _CountingDict()
+    _CountingDict.walks = 0
+    outs = _submit_timed(backend, [one(abs, -i) for i in range(30)], timeout=30)
+    assert [backend.retrieve_result_callback(o) for o in outs] == [[i] for i in range(30)]
+    assert _CountingDict.walks == 0

@@ -17,13 +17,14 @@ until that call returns, its result dropped.
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import distributed
+from par_api import async_raise
 
 from ._pickling import KeepCode
 from ._scatter import run_batch
@@ -72,7 +73,7 @@ def run_timed(key: str, batch: Any, *values: Any) -> list[Any]:
             _running.pop(key, None)
             if key in _interrupted:
                 _interrupted.discard(key)
-                _async_raise(ident, None)  # withdraw it if it was not delivered yet
+                async_raise(ident, None)  # withdraw it if it was not delivered yet
 
 
 def interrupt(key: str) -> bool:
@@ -84,7 +85,7 @@ def interrupt(key: str) -> bool:
         if ident is None:
             return False
         _interrupted.add(key)
-        return _async_raise(ident, TaskTimedOut)
+        return async_raise(ident, TaskTimedOut)
 
 
 async def interrupt_soon(key: str, tries: int = 20, every: float = 0.5) -> bool:
@@ -100,39 +101,58 @@ async def interrupt_soon(key: str, tries: int = 20, every: float = 0.5) -> bool:
     return False
 
 
-def _async_raise(ident: int, exc_type: type[BaseException] | None) -> bool:
-    set_async_exc = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
-    if set_async_exc is None:  # pragma: no cover - not CPython
-        return False
-    obj = ctypes.py_object(exc_type) if exc_type is not None else None
-    return bool(set_async_exc(ctypes.c_ulong(ident), obj) == 1)
-
-
 # -- client side ----------------------------------------------------------------------
-_handlers: dict[str, Callable[[str | None], None]] = {}  # key -> the backend's on-start
-_subscribed: set[str] = set()  # ids of the clients subscribed to TOPIC
+_client_lock = threading.Lock()
+# key -> (the id of the client it was submitted through, the backend's on-start)
+_handlers: dict[str, tuple[str, Callable[[str | None], None]]] = {}
+# id of a client subscribed to TOPIC -> (the client, how many of its keys are awaited);
+# unsubscribed when none is, so that neither this dict nor the events that the
+# scheduler sends a client grow with the calls and clients of a process
+_subscribed: dict[str, tuple[Any, int]] = {}
 
 
 def watch_start(client: Any, key: str, on_start: Callable[[str | None], None]) -> None:
     """Call ``on_start(worker_address)`` (on the client's event loop) when batch ``key``
-    starts on a worker, until :func:`forget`."""
-    _handlers[key] = on_start
-    if client.id not in _subscribed:
-        # Sent on the client's stream before the batch itself: the scheduler knows the
-        # subscription before the batch can start.
-        client.subscribe_topic(TOPIC, _on_event)
-        _subscribed.add(client.id)
+    starts on a worker, until :func:`forget`. Call it before submitting the batch."""
+    with _client_lock:
+        if key in _handlers:  # watched already: only the handler changes
+            _handlers[key] = (_handlers[key][0], on_start)
+            return
+        subscribed = _subscribed.get(client.id)
+        if subscribed is None:
+            # Sent on the client's stream before the batch itself: the scheduler knows
+            # the subscription before the batch can start. Under the lock, so that the
+            # (un)subscriptions of a client are sent in the order in which they are
+            # counted here.
+            client.subscribe_topic(TOPIC, _on_event)
+            subscribed = (client, 0)
+        _subscribed[client.id] = (subscribed[0], subscribed[1] + 1)
+        _handlers[key] = (client.id, on_start)
 
 
 def forget(key: str) -> None:
-    _handlers.pop(key, None)
+    """Stop awaiting the start of ``key`` (idempotent); the last key awaited through a
+    client unsubscribes it from :data:`TOPIC`."""
+    with _client_lock:
+        handler = _handlers.pop(key, None)
+        if handler is None:
+            return
+        client_id = handler[0]
+        client, count = _subscribed[client_id]
+        if count > 1:
+            _subscribed[client_id] = (client, count - 1)
+            return
+        del _subscribed[client_id]
+        with contextlib.suppress(Exception):  # a closed client has no subscription left
+            client.unsubscribe_topic(TOPIC)
 
 
 def _on_event(event: Any) -> None:
     try:
         msg = event[1]
-        on_start = _handlers.get(msg["key"])
-        if on_start is not None:
-            on_start(msg.get("worker"))
+        with _client_lock:
+            handler = _handlers.get(msg["key"])
+        if handler is not None:
+            handler[1](msg.get("worker"))
     except Exception:  # a malformed event must not break the client's loop
         _logger.debug("par: bad task-start event %r", event, exc_info=True)

@@ -33,7 +33,8 @@ on the first error, a timeout or an interrupt). What is specific to dask:
   ``watch_after`` seconds is looked up on the scheduler, and one that the scheduler
   reports finished (or does not know) while this client still waits for it, for
   ``watch_grace`` seconds, is submitted again under a new key (with a warning in the
-  log), at most ``max_recoveries`` times before it fails with a ``RuntimeError``. A lost
+  log), at most ``max_recoveries`` times before it fails with a ``RuntimeError``, and only
+  while its call is live (never after ``abort_everything``). A lost
   message thus costs seconds, not a hang (an intermittent hang of nested calls on worker
   clients was seen in testing, cause not found in dask).
 - **Per-task timeouts** (``task_timeout``, set by the scheduler with ``on_error`` other
@@ -41,12 +42,16 @@ on the first error, a timeout or an interrupt). What is specific to dask:
   (:mod:`par_backends_dask._timeouts`), and the watch fails a batch that has run longer
   than ``task_timeout`` seconds with a ``TimeoutError``: its future is cancelled and its
   thread on the worker is interrupted (which stops Python code; a call blocked in C code
-  keeps the worker's thread until it returns). The other batches keep running.
+  keeps the worker's thread until it returns). The other batches keep running. A
+  batch's deadline goes on a heap once both its start is reported and its future is
+  registered (the report may come first); the watch pops what is due.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import threading
@@ -111,16 +116,22 @@ class _Batch:
     submit it again) and the scheduler's completion callback, fired once."""
 
     __slots__ = (
-        "args", "asked", "callback", "fired", "future", "recoveries", "since", "started", "suspect_since",
-        "timeout", "worker",
+        "args", "asked", "call", "callback", "fired", "future", "key", "recoveries", "since", "started",
+        "suspect_since", "timeout", "worker",
     )  # fmt: skip
 
     def __init__(
-        self, args: tuple[Any, ...], callback: Callable[[Any], None] | None, timeout: float | None
+        self,
+        args: tuple[Any, ...],
+        callback: Callable[[Any], None] | None,
+        timeout: float | None,
+        call: CallArguments,
     ) -> None:
         self.args = args  # (batch, *scattered futures)
         self.callback = callback
         self.timeout = timeout  # per-task timeout, or None
+        self.call = call  # the arguments of its call: the call is live while the backend has them
+        self.key: str | None = None  # the dask key it is (being) submitted under
         self.future: Any = None
         self.fired = False
         self.since = time.monotonic()  # submitted (or submitted again) at
@@ -144,25 +155,19 @@ class _Watch:
         self.thread: threading.Thread | None = None
         self._poked = False
         # as_completed notifies this condition for each future it reports
-        self._cond: threading.Condition | None = getattr(completions, "thread_condition", None)
+        self._cond: threading.Condition = completions.thread_condition
 
     def wait(self, timeout: float) -> None:
         """Sleep up to ``timeout`` seconds, or until a future is reported or :meth:`wake`."""
-        cond = self._cond
-        if cond is None:  # pragma: no cover - a distributed without it: poll
-            time.sleep(min(timeout, 0.005))
-            return
-        with cond:
+        with self._cond:
             if not (self._poked or self.stopping or self.completions.has_ready()):
-                cond.wait(timeout)
+                self._cond.wait(timeout)
             self._poked = False
 
     def wake(self) -> None:
-        cond = self._cond
-        if cond is not None:
-            with cond:
-                self._poked = True
-                cond.notify_all()
+        with self._cond:
+            self._poked = True
+            self._cond.notify_all()
 
 
 def _secede() -> bool:
@@ -258,6 +263,9 @@ class DaskBackend(ParallelBackendBase):
     watch_after = 5.0
     watch_grace = 3.0
     max_recoveries = 3
+    #: Seconds ``stop_call``/``abort_everything`` wait for the watch thread to end (it may
+    #: be inside a completion callback); a warning is logged if it has not ended by then.
+    watch_join_timeout = 10.0
 
     def __init__(
         self,
@@ -312,6 +320,12 @@ class DaskBackend(ParallelBackendBase):
         self._options: dict[str, Any] = {}
         self._cancelled: set[Any] = set()  # keys cancelled by abort_everything
         self._prescattered: tuple[Any, list[Any]] | None = None  # (client, futures of scatter=)
+        # per-task timeouts: (deadline, n, batch, its key, its start) of each batch whose
+        # start was reported, earliest first (stale ones are skipped when popped), and the
+        # keys whose start reports this backend awaits (_timeouts.watch_start)
+        self._deadlines: list[tuple[float, int, _Batch, str, float]] = []
+        self._deadline_order = itertools.count()
+        self._timed_keys: set[str] = set()
 
     # -- pickling (nested backends travel inside batches) -------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -458,47 +472,110 @@ class DaskBackend(ParallelBackendBase):
             assert args is not None
         batch, futures = args.prepare(func)
         batch = KeepCode(batch)  # worker tracebacks name the user's files (see _pickling)
-        entry = _Batch((batch, *futures), callback, self.task_timeout)
-        return self._send(entry, _batch_key(func))
+        entry = _Batch((batch, *futures), callback, self.task_timeout, args)
+        future = self._send(entry, _batch_key(func))
+        if future is None:
+            raise RuntimeError(
+                "DaskBackend.submit: the call ended (abort_everything or stop_call from another "
+                "thread) while the batch was being submitted; call start_call() to begin a new call"
+            )
+        return future
 
     def _send(self, entry: _Batch, key: str) -> Any:
         """Submit ``entry`` under ``key``, make it the batch's current future and hand it
-        to the completion watch (started when it is not running)."""
+        to the completion watch (started when it is not running). Only while the entry's
+        call is live: once it is over (``abort_everything``, ``stop_call``; a recovery may
+        come late) nothing is submitted, or the future just submitted is cancelled, no
+        watch is started, and None is returned."""
         client = self.get_client()
-        if entry.timeout is not None:
+        timed = entry.timeout is not None
+        with self._lock:
+            if entry.fired or self._args is not entry.call:
+                return None
+            # The key first: a start report may arrive before client.submit returns.
+            entry.key = key
+            entry.suspect_since = entry.started = entry.worker = None
+            if timed:
+                self._timed_keys.add(key)
+        if timed:
             watch_start(client, key, partial(self._started, entry, key))
             args: tuple[Any, ...] = (run_timed, key, *entry.args)
         elif len(entry.args) > 1:
             args = (run_batch, *entry.args)
         else:
             args = entry.args
-        future = client.submit(*args, key=key, pure=False, **self.submit_kwargs)
+        try:
+            future = client.submit(*args, key=key, pure=False, **self.submit_kwargs)
+        except BaseException:
+            if timed:
+                self._forget(key)
+            raise
+        armed = False
         with self._lock:
-            entry.future = future
-            entry.since = time.monotonic()
-            entry.suspect_since = entry.started = entry.worker = None
-            self._pending[future] = entry
             watch = self._watch_state
-            if watch is None or watch.stopping:
-                watch = self._watch_state = _Watch(distributed.as_completed(loop=client.loop))
-                thread = threading.Thread(target=self._watch, args=(watch,), name="par-dask-watch", daemon=True)
-                watch.thread = thread
-                thread.start()
-            watch.completions.add(future)
+            live = self._args is entry.call
+            if live:
+                entry.future = future
+                entry.since = time.monotonic()
+                self._pending[future] = entry
+                if watch is None or watch.stopping:
+                    watch = self._watch_state = _Watch(distributed.as_completed(loop=client.loop))
+                    thread = threading.Thread(
+                        target=self._watch, args=(watch,), name="par-dask-watch", daemon=True
+                    )
+                    watch.thread = thread
+                    thread.start()
+                watch.completions.add(future)
+                armed = self._arm(entry)  # its start was reported already
+        if not live:
+            if timed:
+                self._forget(key)
+            self._cancel_quietly(future)
+            return None
+        if armed and watch is not None:
+            watch.wake()
         return future
 
     def _started(self, entry: _Batch, key: str, worker: str | None) -> None:
-        """The batch ``key`` started on ``worker`` (on the client's event loop): its
-        per-task timeout counts from now."""
+        """The batch ``key`` started on ``worker`` (on the client's event loop, possibly
+        before :meth:`_send` has its future): its per-task timeout counts from now."""
         with self._lock:
-            fut = entry.future
-            if entry.fired or fut is None or fut.key != key:
+            if entry.fired or entry.key != key:
                 return
             entry.started = time.monotonic()
             entry.worker = worker
+            armed = self._arm(entry)
             watch = self._watch_state
-        if watch is not None:
+        if armed and watch is not None:
             watch.wake()  # its deadline may come before the watch's next tick
+
+    def _arm(self, entry: _Batch) -> bool:
+        """With ``self._lock`` held: put the deadline of ``entry`` on the heap once both
+        its start is reported and its future under that key is registered (whichever
+        comes second calls this with effect)."""
+        started, key = entry.started, entry.key
+        if started is None or entry.timeout is None or key is None:
+            return False
+        if str(getattr(entry.future, "key", "")) != key:
+            return False  # not registered yet (or a recovery's previous future)
+        heapq.heappush(self._deadlines, (started + entry.timeout, next(self._deadline_order), entry, key, started))
+        return True
+
+    def _expired(self, now: float) -> list[tuple[_Batch, str, float]]:
+        """With ``self._lock`` held: pop the deadlines passed by ``now``; ``(batch, key,
+        seconds run)`` of those still current (not completed, resubmitted or restarted)."""
+        heap, out = self._deadlines, []
+        while heap and heap[0][0] <= now:
+            _, _, entry, key, started = heapq.heappop(heap)
+            if not entry.fired and entry.key == key and entry.started == started:
+                out.append((entry, key, now - started))
+        return out
+
+    def _forget(self, key: str) -> None:
+        """Stop awaiting the start report of ``key``."""
+        with self._lock:
+            self._timed_keys.discard(key)
+        forget(key)
 
     def _fire(self, entry: _Batch, fut: Any) -> None:
         """Run the batch's callback with ``fut``, once, and only for its current future."""
@@ -507,17 +584,36 @@ class DaskBackend(ParallelBackendBase):
             if entry.fired or fut is not entry.future:
                 return  # a replaced future's late completion, or a second one
             entry.fired = True
-        if entry.timeout is not None:
-            forget(str(getattr(fut, "key", "")))
+            key = entry.key
+        if entry.timeout is not None and key is not None:
+            self._forget(key)
         if entry.callback is not None:
             entry.callback(fut)
+
+    def _fail(self, entry: _Batch, key: str, error: BaseException) -> Any:
+        """Give up on batch ``entry`` submitted under ``key``: its callback fires with a
+        future that raises ``error``, its dask future is cancelled. Returns that dask
+        future, or None when the batch completed or was resubmitted meanwhile."""
+        failed: _LocalFuture[Any] = _LocalFuture()
+        failed.set_exception(error)
+        with self._lock:
+            old = entry.future
+            if entry.fired or old is None or str(getattr(old, "key", "")) != key:
+                return None
+            self._pending.pop(old, None)
+            entry.future = failed
+        self._cancel_quietly(old)
+        self._fire(entry, failed)
+        return old
 
     # -- completion watch -------------------------------------------------------------
     def _watch(self, watch: _Watch) -> None:
         """The completion watch thread (see the module docstring): fires the callbacks of
-        the futures ``watch.completions`` reports done, ends overrunning batches and looks
-        after batches whose completion seems lost; until :meth:`_stop_watch`, or until no
-        batch has been pending for ``watch_idle`` seconds."""
+        the futures ``watch.completions`` reports done, ends overrunning batches (from the
+        deadline heap: no walk over the pending batches per completion) and, every
+        ``watch_interval`` seconds, looks after batches whose completion seems lost;
+        until :meth:`_stop_watch`, or until no batch has been pending for ``watch_idle``
+        seconds."""
         completions = watch.completions
         last_check = idle_since = time.monotonic()
         try:
@@ -531,68 +627,52 @@ class DaskBackend(ParallelBackendBase):
                 with self._lock:
                     if watch.stopping:
                         return
-                    entries = list(self._pending.values())
-                    if entries:
+                    if self._pending:
                         idle_since = now
                     elif now - idle_since >= self.watch_idle:
                         watch.stopping = True
                         if self._watch_state is watch:
                             self._watch_state = None
                         return
-                wake = now + self.watch_interval
-                try:
-                    wake = min(wake, self._expire(entries, now))
-                    if now - last_check >= self.watch_interval:
-                        last_check = now
+                    expired = self._expired(now)
+                    wake = now + self.watch_interval
+                    if self._deadlines:
+                        wake = min(wake, self._deadlines[0][0])
+                    check = now - last_check >= self.watch_interval
+                    entries = list(self._pending.values()) if check else []
+                for entry, key, ran in expired:
+                    try:
+                        self._time_out(entry, key, ran)
+                    except Exception:  # the watch must never break the call
+                        _logger.debug("par dask completion watch: time-out of %r failed", key, exc_info=True)
+                if check:
+                    last_check = now
+                    try:
                         self._check(entries)
-                except Exception:  # the watch must never break the call
-                    _logger.debug("par dask completion watch failed", exc_info=True)
+                    except Exception:
+                        _logger.debug("par dask completion watch failed", exc_info=True)
                 watch.wait(max(wake - time.monotonic(), 0.0))
         finally:
             completions.clear()
 
-    def _expire(self, entries: list[_Batch], now: float) -> float:
-        """Fail the batches that ran longer than their per-task timeout; return when the
-        next one would expire (``inf`` when none is timed)."""
-        wake = float("inf")
-        for entry in entries:
-            started, timeout = entry.started, entry.timeout
-            if started is None or timeout is None or entry.fired:
-                continue
-            if now - started < timeout:
-                wake = min(wake, started + timeout)
-                continue
-            self._time_out(entry, now - started)
-        return wake
-
-    def _time_out(self, entry: _Batch, ran: float) -> None:
-        """Cancel the overrunning batch's future, interrupt its thread on its worker and
-        fail the batch with a ``TimeoutError``; the other batches keep running."""
-        with self._lock:
-            old, worker = entry.future, entry.worker
-            if entry.fired or old is None:
-                return
-            self._pending.pop(old, None)
-            failed: _LocalFuture[Any] = _LocalFuture()
-            entry.future = failed
-        key = str(old.key)
-        forget(key)
-        failed.set_exception(
-            TimeoutError(
-                f"the dask future {key!r} was cancelled after {ran:.1f} s on worker {worker}: dask "
-                f"cannot stop a running thread; it is interrupted if it runs Python code, else it "
-                f"keeps its worker thread until it returns (its result dropped)"
-            )
+    def _time_out(self, entry: _Batch, key: str, ran: float) -> None:
+        """Fail the overrunning batch with a ``TimeoutError`` (:meth:`_fail`: its future
+        is cancelled) and interrupt its thread on its worker; the other batches keep
+        running."""
+        worker = entry.worker
+        error = TimeoutError(
+            f"the dask future {key!r} was cancelled after {ran:.1f} s on worker {worker}: dask "
+            f"cannot stop a running thread; it is interrupted if it runs Python code, else it "
+            f"keeps its worker thread until it returns (its result dropped)"
         )
-        self._cancel_quietly(old)
-        if worker is not None:
+        if self._fail(entry, key, error) is not None and worker is not None:
             with contextlib.suppress(Exception):
                 self.get_client().run(interrupt_soon, key, workers=[worker], wait=False)
-        self._fire(entry, failed)
 
     def _stop_watch(self) -> None:
-        """End the completion watch thread of this backend and wait for it (unless called
-        from that thread, or it is stuck in a callback for more than 10 s)."""
+        """End the completion watch thread of this backend and wait for it, up to
+        ``watch_join_timeout`` seconds (unless called from that thread): one still running
+        then (stuck in a completion callback) is left to end on its own, with a warning."""
         with self._lock:
             watch, self._watch_state = self._watch_state, None
             if watch is None:
@@ -601,7 +681,15 @@ class DaskBackend(ParallelBackendBase):
         watch.wake()
         thread = watch.thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(10)
+            thread.join(self.watch_join_timeout)
+            if thread.is_alive():
+                _logger.warning(
+                    "par: the dask completion watch thread %r did not end within %g s (a completion "
+                    "callback has not returned); it is left running and ends when that callback "
+                    "returns",
+                    thread.name,
+                    self.watch_join_timeout,
+                )
 
     def _check(self, entries: list[_Batch]) -> None:
         now = time.monotonic()
@@ -644,29 +732,25 @@ class DaskBackend(ParallelBackendBase):
         """The scheduler says ``key`` is over (or unknown) but this client never heard:
         submit the batch again under a new key, or fail it after ``max_recoveries``."""
         with self._lock:
-            if entry.fired or entry.future.key != key or self._args is None:
-                return  # completed, already resubmitted, or the call is over
             old = entry.future
-            self._pending.pop(old, None)
+            if entry.fired or str(getattr(old, "key", "")) != key or self._args is not entry.call:
+                return  # completed, already resubmitted, or its call is over
             entry.recoveries += 1
             give_up = entry.recoveries > self.max_recoveries
-        if entry.timeout is not None:
-            forget(key)
+            if not give_up:
+                self._pending.pop(old, None)  # its late completion is ignored from now on
         what = "does not know it" if state is None else f"has it in state {state!r}"
         if give_up:
-            failed: _LocalFuture[Any] = _LocalFuture()
-            failed.set_exception(
+            self._fail(
+                entry,
+                key,
                 RuntimeError(
                     f"The dask scheduler {what} for the par batch {key!r}, but this client was never "
                     f"told that it finished, {self.max_recoveries} times in a row: the connection "
                     f"between this client and the scheduler loses messages. Check the scheduler's "
                     f"and this process's logs."
-                )
+                ),
             )
-            with self._lock:
-                entry.future = failed
-            self._cancel_quietly(old)
-            self._fire(entry, failed)
             return
         _logger.warning(
             "par: the dask scheduler %s for batch %r, but this client still waits for it after "
@@ -677,8 +761,12 @@ class DaskBackend(ParallelBackendBase):
             entry.recoveries,
             self.max_recoveries,
         )
+        if entry.timeout is not None:
+            self._forget(key)
+        # _send checks again, under its lock, that the call is live (an abort may have
+        # come meanwhile): then nothing is submitted and no watch is started.
         self._send(entry, f"{key.rsplit('-', 1)[0]}-{uuid.uuid4().hex}")
-        self._cancel_quietly(old)  # after the switch: its completion is then ignored
+        self._cancel_quietly(old)
 
     def _cancel_quietly(self, future: Any) -> None:
         with contextlib.suppress(Exception):
@@ -716,14 +804,12 @@ class DaskBackend(ParallelBackendBase):
         call's scattered arguments. The client stays: the backend remains usable."""
         with self._lock:
             pending = list(self._pending)
-            timed = [f for f, entry in self._pending.items() if entry.timeout is not None]
             self._pending.clear()
             args, self._args = self._args, None
             if len(self._cancelled) > 10000:
                 self._cancelled.clear()
             self._cancelled.update(f.key for f in pending)
-        for fut in timed:  # no start report is awaited any more
-            forget(str(fut.key))
+        self._forget_call()
         client = self._active_client
         if pending and client is not None:
             with contextlib.suppress(Exception):
@@ -739,11 +825,20 @@ class DaskBackend(ParallelBackendBase):
         self._stop_watch()
         with self._lock:
             args, self._args = self._args, None
+        self._forget_call()
         if args is not None:
             args.clear()
         if self._seceded_thread is not None and self._seceded_thread == threading.get_ident():
             self._seceded_thread = None
             _rejoin()
+
+    def _forget_call(self) -> None:
+        """The call is over: await no start report and no deadline any more."""
+        with self._lock:
+            timed, self._timed_keys = self._timed_keys, set()
+            self._deadlines.clear()
+        for key in timed:
+            forget(key)
 
     def terminate(self) -> None:
         """Cancel what is still pending and forget the client (a client given as
