@@ -6,7 +6,9 @@ ports (as the integration tests do), then measures:
 1. the wall time of 200 tasks of ~10 ms of CPU work with ``backend='dask'`` on that
    cluster, with ``backend='loky', n_jobs=2``, and with dask alone (``client.map``, one
    future per task), alternating, ``--reps`` times (medians, and the medians of the
-   per-repetition ratios);
+   per-repetition ratios); and with per-task timeouts (``on_error='return',
+   timeout=60``: each batch reports its start and the backend keeps its deadline),
+   whose ratio to the plain dask run is the cost of that watch;
 2. the bytes this process sends to the scheduler for 20 tasks that all take the same
    50 MB numpy array, with scattering (the default) and without
    (``scatter_threshold=None``).
@@ -146,6 +148,11 @@ def run(address: str, args: argparse.Namespace) -> dict[str, Any]:
                 out = Parallel()(delayed(busy)(ms) for _ in range(tasks))
             assert len(out) == tasks
 
+        def on_dask_timed() -> None:  # per-task timeouts: start reports and deadlines
+            with parallel_config(backend="dask", client=client):
+                out = Parallel(on_error="return", timeout=60)(delayed(busy)(ms) for _ in range(tasks))
+            assert len(out) == tasks and not any(isinstance(r, BaseException) for r in out)
+
         def on_loky() -> None:
             out = Parallel(n_jobs=2, backend="loky")(delayed(busy)(ms) for _ in range(tasks))
             assert len(out) == tasks
@@ -154,19 +161,22 @@ def run(address: str, args: argparse.Namespace) -> dict[str, Any]:
             out = client.gather(client.map(busy, [ms] * tasks, pure=False))
             assert len(out) == tasks
 
-        on_dask(), on_loky(), on_dask_native()  # warm-up: imports on the workers, loky's pool
-        dask_t, loky_t, native_t = [], [], []
+        on_dask(), on_loky(), on_dask_native(), on_dask_timed()  # warm-up: imports, loky's pool
+        dask_t, loky_t, native_t, timed_t = [], [], [], []
         for rep in range(args.reps):
             dask_t.append(timed(on_dask))
             loky_t.append(timed(on_loky))
             native_t.append(timed(on_dask_native))
+            timed_t.append(timed(on_dask_timed))
             print(
                 f"rep {rep + 1}: par on dask {dask_t[-1]:.3f} s, par on loky {loky_t[-1]:.3f} s, "
-                f"dask's client.map {native_t[-1]:.3f} s",
+                f"dask's client.map {native_t[-1]:.3f} s, par on dask with per-task timeouts "
+                f"{timed_t[-1]:.3f} s",
                 flush=True,
             )
         ratios = [d / lk for d, lk in zip(dask_t, loky_t, strict=True)]
         native_ratios = [d / n for d, n in zip(dask_t, native_t, strict=True)]
+        timed_ratios = [t / d for t, d in zip(timed_t, dask_t, strict=True)]
 
         a = np.ones(50 * 1000 * 1000 // 8)  # 50 MB
         counter = ByteCounter(address)
@@ -198,6 +208,9 @@ def run(address: str, args: argparse.Namespace) -> dict[str, Any]:
         "dask_client_map_s": native_t,
         "dask_client_map_median_s": statistics.median(native_t),
         "ratio_dask_over_client_map_median": statistics.median(native_ratios),
+        "dask_task_timeout_s": timed_t,
+        "dask_task_timeout_median_s": statistics.median(timed_t),
+        "ratio_dask_task_timeout_over_dask_median": statistics.median(timed_ratios),
         "array_mb": a.nbytes / 1e6,
         "bytes_to_scheduler_scattered": scattered,
         "bytes_to_scheduler_not_scattered": inline,
@@ -208,7 +221,9 @@ def run(address: str, args: argparse.Namespace) -> dict[str, Any]:
         f"{report['dask_median_s']:.3f} s, loky n_jobs=2 {report['loky_median_s']:.3f} s, "
         f"ratio dask/loky {report['ratio_dask_over_loky_median']:.2f}; dask's own client.map "
         f"{report['dask_client_map_median_s']:.3f} s (par on dask / client.map "
-        f"{report['ratio_dask_over_client_map_median']:.2f})"
+        f"{report['ratio_dask_over_client_map_median']:.2f}); with per-task timeouts "
+        f"{report['dask_task_timeout_median_s']:.3f} s (over plain dask "
+        f"{report['ratio_dask_task_timeout_over_dask_median']:.2f})"
     )
     print(
         f"50 MB array used by 20 tasks: {scattered / 1e6:.1f} MB sent to the scheduler when "
