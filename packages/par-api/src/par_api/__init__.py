@@ -41,6 +41,7 @@ from .task import BatchedCalls, SingleArgTasks, Task, TaskTuple, delayed
 from .worker import (
     bind_worker_state,
     check_forward_output,
+    check_initializer,
     check_max_tasks_per_child,
     check_max_worker_memory,
     set_task_timeout_handler,
@@ -80,6 +81,7 @@ __all__ = [
     "backend_providers",
     "bind_worker_state",
     "check_forward_output",
+    "check_initializer",
     "check_max_tasks_per_child",
     "check_max_worker_memory",
     "check_inner_max_num_threads_supported",
