@@ -84,10 +84,11 @@ def test_ray_backend_pickles_without_ray_objects():
     assert nested.ray_options == {"num_cpus": 2, "max_retries": 0}
 
 
-def test_arguments_count_what_ray_put():
-    """The rule is ``par_api.arguments`` (tested there); here: ``put`` one object at a
-    time, counted as ``n_put``/``bytes_put``."""
-    from par_backends_ray._arguments import CallArguments
+def test_arguments_are_put_one_object_at_a_time(monkeypatch):
+    """The rule is ``par_api.arguments`` (tested there); here: ``put_each`` stores with
+    ``ray.put``, one object at a time, and the cache counts what it stored."""
+    from par_api import CallArguments
+    from par_backends_ray import _arguments
 
     stored = []
 
@@ -95,12 +96,13 @@ def test_arguments_count_what_ray_put():
         stored.append(obj)
         return f"ref{len(stored)}"
 
+    monkeypatch.setattr(_arguments.ray, "put", put)
     big = bytearray(2000)
-    args = CallArguments(put, threshold=1000)
+    args = CallArguments(_arguments.put_each, threshold=1000)
     batch, refs = args.prepare(BatchedCalls([Task(len, (big,), {}), Task(len, (big,), {})]))
     assert refs == ["ref1"] and stored == [big]
-    assert (args.n_put, args.bytes_put) == (1, 2000)
-    assert CallArguments(put, threshold=None).prepare(batch) == (batch, [])
+    assert (args.n_stored, args.bytes_stored) == (1, 2000)
+    assert CallArguments(_arguments.put_each, threshold=None).prepare(batch) == (batch, [])
 
 
 def test_remote_error_keeps_its_type_and_the_worker_traceback():

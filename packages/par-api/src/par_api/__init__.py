@@ -37,7 +37,7 @@ from .registry import (
     register_parallel_backend,
 )
 from .shm import SHM_FOLDER, shm_folder
-from .task import BatchedCalls, SingleArgTasks, Task, TaskTuple, delayed
+from .task import BatchedCalls, BatchInfo, SingleArgTasks, Task, TaskTuple, delayed
 from .worker import (
     bind_worker_state,
     check_forward_output,
@@ -68,6 +68,7 @@ __all__ = [
     "AutoBatchingMixin",
     "BackendNotAvailableError",
     "BatchedCalls",
+    "BatchInfo",
     "ParallelBackendBase",
     "RemoteTraceback",
     "Task",

@@ -43,6 +43,8 @@ from typing import Any
 import ray
 import ray.exceptions
 from par_api import (
+    BatchInfo,
+    CallArguments,
     ParallelBackendBase,
     RemoteTraceback,
     WorkerDiedError,
@@ -52,7 +54,7 @@ from par_api import (
 )
 
 from ._actors import ActorPool
-from ._arguments import DEFAULT_PUT_THRESHOLD, CallArguments
+from ._arguments import DEFAULT_PUT_THRESHOLD, put_each
 from ._runtime import ENV_ADDRESS, ensure_initialized
 from ._task import current_waiter, run_batch, run_batch_timed
 from ._timeout import Monitor
@@ -189,27 +191,15 @@ def _batch_name(batch: Any) -> str:
 
 
 def _func_label(func: Any) -> str:
-    func = getattr(func, "func", func)  # the scheduler's Guard wraps the user's function
     return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__)
 
 
 def _batch_label(batch: Any) -> str:
-    """What a batch holds, as the scheduler names tasks: ``'task 3 (f)'`` or
-    ``'tasks 8 to 11 (f, g)'`` (``WorkerDiedError.task``: the scheduler then knows the
-    dead worker ran this batch's tasks)."""
-    tasks = getattr(batch, "tasks", None)
-    if not tasks:
-        return _batch_name(batch)
-    index = int(getattr(batch, "index", 0) or 0)
-    names: list[str] = []
-    for task in tasks[:20]:
-        name = _func_label(task[0])
-        if name not in names:
-            names.append(name)
-    funcs = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    n = len(tasks)
-    where = f"task {index}" if n == 1 else f"tasks {index} to {index + n - 1}"
-    return f"{where} ({funcs})"
+    """What a batch holds, as the scheduler names tasks: ``'task 3 (function f)'``
+    (``par_api.BatchInfo``; ``WorkerDiedError.task``: the scheduler then knows the dead
+    worker ran this batch's tasks); the Ray task name for anything else."""
+    info = BatchInfo.of(batch)
+    return info.describe() if info is not None else _batch_name(batch)
 
 
 class _Batch:
@@ -428,7 +418,7 @@ class RayBackend(ParallelBackendBase):
     def start_call(self) -> None:
         """A new per-call cache of the arguments put into the object store."""
         self._connect()
-        args = CallArguments(ray.put, self._option("put_threshold"))
+        args = CallArguments(put_each, self._option("put_threshold"))
         with self._lock:
             self._args = args
 
@@ -442,10 +432,10 @@ class RayBackend(ParallelBackendBase):
             with self._lock:
                 args = self._args
             assert args is not None
-        n_put, bytes_put = args.n_put, args.bytes_put
+        n_put, bytes_put = args.n_stored, args.bytes_stored
         batch, refs = args.prepare(func)
-        self.n_put += args.n_put - n_put
-        self.bytes_put += args.bytes_put - bytes_put
+        self.n_put += args.n_stored - n_put
+        self.bytes_put += args.bytes_stored - bytes_put
         name = _batch_name(func)
         timeout = self.task_timeout
         gen = None
