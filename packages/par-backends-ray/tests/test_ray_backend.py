@@ -441,6 +441,39 @@ def test_ray_timeout_watch_that_fails_fails_its_batches_instead_of_hanging(monke
     assert not [t for t in threading.enumerate() if t.name == "par-ray-timeout"]
 
 
+def test_ray_timeout_watch_fails_a_batch_whose_callback_raised(monkeypatch):
+    """A batch the watch stopped watching (its results are ready) whose ``on_result``
+    raised gets the error through ``on_error``: it is never left without an outcome."""
+    from par_backends_ray import _timeout
+
+    gens = [iter(["results-ref"])]
+    monkeypatch.setattr(_timeout.ray, "wait", lambda refs, **kw: ([gens[0]], []))
+
+    def no_marker(ref, timeout=None):
+        raise ValueError("not a start marker")
+
+    monkeypatch.setattr(_timeout.ray, "get", no_marker)
+
+    def broken_on_result(entry, ref):
+        raise RuntimeError("boom")
+
+    failed = []
+    monitor = _timeout.Monitor(
+        on_result=broken_on_result,
+        on_timeout=lambda e, s: None,
+        cancel=lambda e: None,
+        on_error=lambda e, exc: failed.append((e, str(exc))),
+    )
+
+    class Entry:
+        timeout = None
+
+    entry = Entry()
+    monitor.watch(entry, gens[0], 5.0)
+    monitor.join(10)
+    assert failed == [(entry, "boom")]
+
+
 def _outcome(backend, out, timeout=60):
     try:
         return ("value", backend.retrieve_result(out, timeout=timeout))

@@ -51,7 +51,10 @@ class Monitor:
     """Watches the generator tasks of one backend; ``on_result(entry, ref)`` gets the
     ObjectRef of a batch's results (or of its failure), ``cancel(entry)`` ends the task
     of a batch that overran (``ray.cancel(force=True)``; an actor is restarted), then
-    ``on_timeout(entry, seconds)`` fails it."""
+    ``on_timeout(entry, seconds)`` fails it. ``on_error(entry, exc)`` fails a batch when
+    watching it failed (an unexpected error of ``ray.wait``, e.g. the runtime went away, or
+    of the callbacks): every batch watched then gets it, so that no call waits forever
+    for a batch nobody watches any more."""
 
     def __init__(
         self,
@@ -156,7 +159,10 @@ class Monitor:
         with self._lock:
             if self._watched.pop(id(item.entry), None) is None:
                 return
-        self._on_result(item.entry, ref)
+        try:
+            self._on_result(item.entry, ref)
+        except Exception as exc:  # no longer watched: it must not be left without an outcome
+            self._on_error(item.entry, exc)
 
     def _expire(self, item: Watched) -> None:
         with self._lock:
@@ -164,4 +170,7 @@ class Monitor:
                 return
         with contextlib.suppress(Exception):
             self._cancel(item.entry)
-        self._on_timeout(item.entry, item.entry.timeout)
+        try:
+            self._on_timeout(item.entry, item.entry.timeout)
+        except Exception as exc:  # no longer watched: it must not be left without an outcome
+            self._on_error(item.entry, exc)
