@@ -494,12 +494,11 @@ def test_ray_abort_stops_the_batches_running_on_actors(cluster, tmp_path):
         queued = [backend.submit(one(sleep_then, i, 60)) for i in range(3)]
         assert _wait_for(lambda: path.exists() and path.read_text(), 60), "the actor did not start the batch"
         pid = int(path.read_text())
-        t0 = time.monotonic()
         backend.abort_everything(ensure_ready=True)
         backend.stop_call()
+        # within 45 s: the running batch would end after 60 s (TimeoutError here)
         got = [_outcome(backend, out, timeout=45) for out in [running, *queued]]
         assert [g[0] for g in got] == ["CancelledError"] * 4, got
-        assert time.monotonic() - t0 < 30, got  # not waited for the 60 s batches
         assert _wait_for(lambda: not _alive(pid), 20), "the busy actor still runs its batch"
         assert run_batches(backend, [one(abs, -i) for i in range(4)]) == [[0], [1], [2], [3]]  # new actors
     finally:
