@@ -29,7 +29,8 @@ from par import Parallel, WorkerDiedError, delayed, parallel_config  # noqa: E40
 from par_backends_ray import LocalCluster, RayBackend, shutdown  # noqa: E402
 from par_backends_ray._cluster import session_members  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+# method="thread": see packages/par-backends-ray/tests/test_ray_backend.py
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180, method="thread")]
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +255,14 @@ def test_initializer_error_fails_the_call_with_a_worker_died_error(on_ray):
     def bad_init():
         raise ValueError("cannot load the model")
 
-    with pytest.raises(WorkerDiedError, match="The Ray actor running the par batch") as info:
+    with pytest.raises(WorkerDiedError, match=r"could not start: its initializer \S*bad_init raised") as info:
         Parallel(n_jobs=2, initializer=bad_init)(delayed(abs)(-i) for i in range(4))
     assert "cannot load the model" in str(info.value.__cause__)
+    # the dead actors' replacements fail too: the call still ends (the error names the
+    # initializer), and par does not start actors forever
+    with Parallel(n_jobs=2, initializer=bad_init, on_error="return") as parallel:
+        out = parallel(delayed(abs)(-i) for i in range(6))
+    assert all(isinstance(o, WorkerDiedError) and "bad_init raised" in str(o) for o in out), out
 
 
 def test_per_task_timeout_on_actors_restarts_the_actor(on_ray, tmp_path):
@@ -267,6 +273,22 @@ def test_per_task_timeout_on_actors_restarts_the_actor(on_ray, tmp_path):
     )
     assert isinstance(out[0], TimeoutError) and "its actor was killed and replaced" in str(out[0])
     assert out[1:] == [1, 2, 3, 4, 5]
+
+
+def test_an_error_stops_the_running_actor_batches(on_ray, tmp_path):
+    """Ray does not interrupt a running actor task on ray.cancel: on the first error the
+    busy actors are killed and replaced (as a loky abort ends its workers), so the next
+    call of the block does not queue behind a batch of the failed one."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = tmp_path / "pid"
+    with Parallel(n_jobs=2, initializer=init_state, initargs=("a",), batch_size=1) as parallel:
+        with pytest.raises(LookupError, match="no item 1"):
+            parallel(delayed(fail_at)(i, 1, str(marks)) if i else delayed(pid_then_sleep)(str(path), 0) for i in range(4))
+        assert _wait_for(lambda: path.exists() and path.read_text(), 60)
+        # the actor would live on to the block's end (its batch sleeps 60 s): it was killed
+        assert _wait_for(lambda: not _alive(int(path.read_text())), 60), "the busy actor still runs its batch"
+        assert parallel(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
 
 
 def test_timeout_is_honoured(on_ray):

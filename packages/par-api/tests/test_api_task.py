@@ -253,3 +253,19 @@ def test_single_arg_tasks_of_recognises_only_the_one_function_one_argument_batch
         [(abs, 1, {})],  # not an args tuple
     ):
         assert SingleArgTasks.of(other) is None
+
+
+def test_batch_info_names_the_tasks_without_keeping_them():
+    """``BatchInfo`` (the local process backends and ray name a dead worker's batch
+    with it): first task index, count, the first distinct functions."""
+
+    def square(x):
+        return x * x
+
+    one = BatchedCalls([Task(square, (3,), {})], None, 7)
+    many = BatchedCalls([Task(square, (i,), {}) for i in range(3)] + [Task(abs, (-1,), {})], None, 8)
+    assert par_api.BatchInfo.of(one).describe() == "task 7 (function test_batch_info_names_the_tasks_without_keeping_them.<locals>.square)"
+    info = par_api.BatchInfo.of(many)
+    assert (info.index, info.n_tasks, info.functions) == (8, 4, (square, abs))
+    assert info.describe().startswith("tasks 8 to 11 (functions ") and info.describe().endswith(", abs)")
+    assert par_api.BatchInfo.of(object()) is None

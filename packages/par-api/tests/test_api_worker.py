@@ -9,6 +9,7 @@ import pytest
 from par_api import (
     bind_worker_state,
     check_forward_output,
+    check_initializer,
     check_max_tasks_per_child,
     check_max_worker_memory,
     get_active_config,
@@ -87,3 +88,14 @@ def test_parallel_config_fields():
         assert cfg.is_set("max_tasks_per_child")
     with pytest.raises(ValueError, match="max_tasks_per_child"):
         parallel_config(max_tasks_per_child=0)
+
+
+def test_check_initializer_names_the_parameter_and_where_it_runs():
+    assert check_initializer(None, None) == (None, ())
+    assert check_initializer(print, ["a", 1]) == (print, ("a", 1))
+    with pytest.raises(TypeError, match=r"initializer must be a callable run once in each Ray actor .*got int 3"):
+        check_initializer(3, (), runs_in="each Ray actor")
+    with pytest.raises(TypeError, match="initializer must be a callable run once in each new worker"):
+        check_initializer("f", ())
+    with pytest.raises(TypeError, match="initargs must be a tuple of arguments for initializer, got str"):
+        check_initializer(print, "ab")

@@ -23,7 +23,10 @@ import ray.exceptions
 from par_api import BatchedCalls, RemoteTraceback, Task, WorkerDiedError, available_backends, make_backend
 from par_backends_ray import DEFAULT_PUT_THRESHOLD, LocalCluster, RayBackend
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+# method="thread": a test stuck inside Ray's C++ code (a blocking Ray call from a Ray
+# callback thread) never sees the SIGALRM of the default method; the thread method ends
+# the process, and LocalCluster(end_with_parent=True) then stops the cluster
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120, method="thread")]
 
 
 def one(func, *args, **kwargs):
@@ -81,10 +84,11 @@ def test_ray_backend_pickles_without_ray_objects():
     assert nested.ray_options == {"num_cpus": 2, "max_retries": 0}
 
 
-def test_arguments_count_what_ray_put():
-    """The rule is ``par_api.arguments`` (tested there); here: ``put`` one object at a
-    time, counted as ``n_put``/``bytes_put``."""
-    from par_backends_ray._arguments import CallArguments
+def test_arguments_are_put_one_object_at_a_time(monkeypatch):
+    """The rule is ``par_api.arguments`` (tested there); here: ``put_each`` stores with
+    ``ray.put``, one object at a time, and the cache counts what it stored."""
+    from par_api import CallArguments
+    from par_backends_ray import _arguments
 
     stored = []
 
@@ -92,12 +96,13 @@ def test_arguments_count_what_ray_put():
         stored.append(obj)
         return f"ref{len(stored)}"
 
+    monkeypatch.setattr(_arguments.ray, "put", put)
     big = bytearray(2000)
-    args = CallArguments(put, threshold=1000)
+    args = CallArguments(_arguments.put_each, threshold=1000)
     batch, refs = args.prepare(BatchedCalls([Task(len, (big,), {}), Task(len, (big,), {})]))
     assert refs == ["ref1"] and stored == [big]
-    assert (args.n_put, args.bytes_put) == (1, 2000)
-    assert CallArguments(put, threshold=None).prepare(batch) == (batch, [])
+    assert (args.n_stored, args.bytes_stored) == (1, 2000)
+    assert CallArguments(_arguments.put_each, threshold=None).prepare(batch) == (batch, [])
 
 
 def test_remote_error_keeps_its_type_and_the_worker_traceback():
@@ -178,10 +183,22 @@ def _worker_functions():
         time.sleep(seconds)
         return x
 
-    return fails, info, pid_then_sleep, sleep_then
+    def fail_first_init(path):
+        """An initializer that raises in the first actor to run it, not in the next."""
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        raise ValueError("cannot load the model (first start)")
+
+    def always_fail_init():
+        raise ValueError("cannot load the model")
+
+    return fails, info, pid_then_sleep, sleep_then, fail_first_init, always_fail_init
 
 
-fails, info, pid_then_sleep, sleep_then = _worker_functions()
+fails, info, pid_then_sleep, sleep_then, fail_first_init, always_fail_init = _worker_functions()
 
 
 def test_ray_effective_n_jobs_counts_cluster_cpus(cluster):
@@ -324,6 +341,15 @@ def _alive(pid):
         return False
 
 
+def _wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_ray_task_timeout_cancels_the_overrunning_task_and_ends_its_worker(backend, tmp_path):
     """With ``task_timeout`` (set by the scheduler), a batch running longer fails with a
     ``TimeoutError`` and the worker process running it is ended (``ray.cancel`` with
@@ -360,3 +386,156 @@ def test_ray_task_timeout_cancels_the_overrunning_task_and_ends_its_worker(backe
     backend._monitor.join(10)
     assert not [t for t in threading.enumerate() if t.name == "par-ray-timeout"]
     assert run_batches(backend, [one(abs, -1)]) == [[1]]  # the backend still works
+
+
+def test_ray_abort_fires_the_timed_batches_whose_results_are_unknown(backend, tmp_path):
+    """Under a per-task timeout a batch's results are known only when its task ends: an
+    abort still completes every batch (its callback fires once, with CancelledError),
+    so nothing waits for it and the watch thread ends."""
+    backend.task_timeout = 60.0
+    done = []
+    backend.start_call()
+    try:
+        outs = [backend.submit(one(sleep_then, i, 30), callback=done.append) for i in range(4)]
+        backend.abort_everything(ensure_ready=True)
+        deadline = time.monotonic() + 20
+        while len(done) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(map(id, done)) == sorted(map(id, outs))
+        for out in outs:
+            with pytest.raises(CancelledError):
+                backend.retrieve_result(out, timeout=20)
+    finally:
+        backend.stop_call()
+        backend.task_timeout = None
+    backend._monitor.join(10)
+    assert not [t for t in threading.enumerate() if t.name == "par-ray-timeout"]
+
+
+def test_ray_timeout_watch_that_fails_fails_its_batches_instead_of_hanging(monkeypatch):
+    """If the watch itself fails (the runtime went away), every watched batch gets the
+    error and the watch thread ends: a call under a per-task timeout never hangs on it."""
+    from par_backends_ray import _timeout
+
+    def broken_wait(*args, **kwargs):
+        raise RuntimeError("the Ray runtime is gone")
+
+    monkeypatch.setattr(_timeout.ray, "wait", broken_wait)
+    failed = []
+    monitor = _timeout.Monitor(
+        on_result=lambda e, r: None,
+        on_timeout=lambda e, s: None,
+        cancel=lambda e: None,
+        on_error=lambda e, exc: failed.append((e, str(exc))),
+    )
+
+    class Entry:
+        timeout = None
+
+    entries = [Entry(), Entry()]
+    for entry in entries:
+        monitor.watch(entry, object(), 5.0)
+    monitor.join(10)
+    assert sorted(map(id, (e for e, _ in failed))) == sorted(map(id, entries))
+    assert all(msg == "the Ray runtime is gone" for _, msg in failed)
+    assert not [t for t in threading.enumerate() if t.name == "par-ray-timeout"]
+
+
+def test_ray_timeout_watch_fails_a_batch_whose_callback_raised(monkeypatch):
+    """A batch the watch stopped watching (its results are ready) whose ``on_result``
+    raised gets the error through ``on_error``: it is never left without an outcome."""
+    from par_backends_ray import _timeout
+
+    gens = [iter(["results-ref"])]
+    monkeypatch.setattr(_timeout.ray, "wait", lambda refs, **kw: ([gens[0]], []))
+
+    def no_marker(ref, timeout=None):
+        raise ValueError("not a start marker")
+
+    monkeypatch.setattr(_timeout.ray, "get", no_marker)
+
+    def broken_on_result(entry, ref):
+        raise RuntimeError("boom")
+
+    failed = []
+    monitor = _timeout.Monitor(
+        on_result=broken_on_result,
+        on_timeout=lambda e, s: None,
+        cancel=lambda e: None,
+        on_error=lambda e, exc: failed.append((e, str(exc))),
+    )
+
+    class Entry:
+        timeout = None
+
+    entry = Entry()
+    monitor.watch(entry, gens[0], 5.0)
+    monitor.join(10)
+    assert failed == [(entry, "boom")]
+
+
+def _outcome(backend, out, timeout=60):
+    try:
+        return ("value", backend.retrieve_result(out, timeout=timeout))
+    except BaseException as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def test_ray_abort_stops_the_batches_running_on_actors(cluster, tmp_path):
+    """ray.cancel does not interrupt a running actor task: an abort kills the actors with
+    batches of the call and, with ensure_ready, puts new ones in their place; each batch
+    gets a CancelledError (not a WorkerDiedError: par killed its actor) at once."""
+    backend = RayBackend(actors=True)
+    backend.configure(n_jobs=2)
+    path = tmp_path / "pid"
+    try:
+        backend.start_call()
+        running = backend.submit(one(pid_then_sleep, str(path), 60))
+        queued = [backend.submit(one(sleep_then, i, 60)) for i in range(3)]
+        assert _wait_for(lambda: path.exists() and path.read_text(), 60), "the actor did not start the batch"
+        pid = int(path.read_text())
+        backend.abort_everything(ensure_ready=True)
+        backend.stop_call()
+        # within 45 s: the running batch would end after 60 s (TimeoutError here)
+        got = [_outcome(backend, out, timeout=45) for out in [running, *queued]]
+        assert [g[0] for g in got] == ["CancelledError"] * 4, got
+        assert _wait_for(lambda: not _alive(pid), 20), "the busy actor still runs its batch"
+        assert run_batches(backend, [one(abs, -i) for i in range(4)]) == [[0], [1], [2], [3]]  # new actors
+    finally:
+        backend.terminate()
+
+
+def test_ray_actor_whose_initializer_raised_is_replaced(cluster, tmp_path):
+    """An actor whose initializer raised is dead for good (Ray does not restart it): its
+    batch fails with a WorkerDiedError naming the initializer and a new actor takes its
+    place for the next batches (was: every next batch went to the dead actor)."""
+    backend = RayBackend(initializer=fail_first_init, initargs=(str(tmp_path / "started"),))
+    backend.configure(n_jobs=1)
+    try:
+        with pytest.raises(WorkerDiedError, match=r"its initializer \S*fail_first_init raised: ValueError: cannot load"):
+            run_batches(backend, [one(abs, -1)])
+        assert run_batches(backend, [one(abs, -2), one(abs, -3)]) == [[2], [3]]
+    finally:
+        backend.terminate()
+
+
+def test_ray_initializer_failing_again_is_named_and_not_retried_forever(cluster):
+    """An initializer that always raises: the first actor's batch says a new actor takes
+    its place, the new actor's batch that it raised again and that par starts no more;
+    later batches fail at once with the same message."""
+    backend = RayBackend(initializer=always_fail_init)
+    backend.configure(n_jobs=1)
+    try:
+        messages = []
+        for _ in range(3):
+            with pytest.raises(WorkerDiedError, match=r"its initializer \S*always_fail_init raised") as info_:
+                run_batches(backend, [one(abs, -1)])
+            assert "cannot load the model" in str(info_.value.__cause__)
+            messages.append(str(info_.value))
+        assert "par starts a new actor in its place" in messages[0] and " again" not in messages[0]
+        assert "raised again, in an actor started in place of one" in messages[1], messages[1]
+        assert "starts no more" in messages[1] and "starts no more" in messages[2]
+        pool = backend._pool
+        assert pool is not None and pool.init_replacements == 1
+    finally:
+        backend.terminate()

@@ -37,11 +37,12 @@ from .registry import (
     register_parallel_backend,
 )
 from .shm import SHM_FOLDER, shm_folder
-from .task import BatchedCalls, SingleArgTasks, Task, TaskTuple, delayed
+from .task import BatchedCalls, BatchInfo, SingleArgTasks, Task, TaskTuple, delayed
 from .threads import async_raise
 from .worker import (
     bind_worker_state,
     check_forward_output,
+    check_initializer,
     check_max_tasks_per_child,
     check_max_worker_memory,
     set_task_timeout_handler,
@@ -68,6 +69,7 @@ __all__ = [
     "AutoBatchingMixin",
     "BackendNotAvailableError",
     "BatchedCalls",
+    "BatchInfo",
     "ParallelBackendBase",
     "RemoteTraceback",
     "Task",
@@ -82,6 +84,7 @@ __all__ = [
     "backend_providers",
     "bind_worker_state",
     "check_forward_output",
+    "check_initializer",
     "check_max_tasks_per_child",
     "check_max_worker_memory",
     "check_inner_max_num_threads_supported",

@@ -27,7 +27,8 @@ blocks and loky's reusable executor); a worker replaced by ``max_tasks_per_child
 defined in ``__main__`` or a notebook use it like any other.
 
 The module also validates par's worker options (``max_tasks_per_child``,
-``max_worker_memory``, ``forward_output``) for ``Parallel`` and ``parallel_config``.
+``max_worker_memory``, ``forward_output``) for ``Parallel`` and ``parallel_config``, and
+the ``initializer``/``initargs`` of the backends that take them.
 Standard library only.
 """
 
@@ -36,11 +37,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "bind_worker_state",
     "check_forward_output",
+    "check_initializer",
     "check_max_tasks_per_child",
     "check_max_worker_memory",
     "set_task_timeout_handler",
@@ -131,6 +134,24 @@ def bind_worker_state(state: dict[str, Any] | None) -> None:
     if state is not None and not isinstance(state, dict):
         raise TypeError(f"state must be a dict or None, got {type(state).__name__}")
     _local.state = state
+
+
+def check_initializer(
+    initializer: Any, initargs: Any, runs_in: str = "each new worker"
+) -> tuple[Callable[..., Any] | None, tuple[Any, ...]]:
+    """A backend's ``initializer``/``initargs`` pair: ``initializer`` a callable or None,
+    ``initargs`` a tuple or list (None: no arguments). ``runs_in`` says where the
+    backend runs it, for the error message. Returns ``(initializer, tuple(initargs))``."""
+    if initializer is not None and not callable(initializer):
+        raise TypeError(
+            f"initializer must be a callable run once in {runs_in} (or None), got "
+            f"{type(initializer).__name__} {initializer!r}"
+        )
+    if initargs is None:
+        initargs = ()
+    if not isinstance(initargs, (tuple, list)):
+        raise TypeError(f"initargs must be a tuple of arguments for initializer, got {type(initargs).__name__}")
+    return initializer, tuple(initargs)
 
 
 def check_max_tasks_per_child(value: Any) -> int | None:

@@ -67,22 +67,6 @@ def check_backend_kwargs(backend: str, given: Mapping[str, Any], accepted: Itera
         )
 
 
-def check_initializer(initializer: Any, initargs: Any) -> tuple[Initializer | None, tuple[Any, ...]]:
-    """Validate a user ``initializer``/``initargs`` pair."""
-    if initializer is not None and not callable(initializer):
-        raise TypeError(
-            f"initializer must be a callable run once in each new worker (or None), got "
-            f"{type(initializer).__name__} {initializer!r}"
-        )
-    if initargs is None:
-        initargs = ()
-    if not isinstance(initargs, (tuple, list)):
-        raise TypeError(
-            f"initargs must be a tuple of arguments for initializer, got {type(initargs).__name__}"
-        )
-    return initializer, tuple(initargs)
-
-
 def init_steps(*steps: InitStep) -> tuple[InitStep, ...]:
     """The steps that have a function, in order (equal inputs give equal tuples, so that
     an executor compares equal across calls and is reused)."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from par_api import ParallelBackendBase, WorkerDiedError, cpu_count, normalize_n_jobs
+from par_api import ParallelBackendBase, WorkerDiedError, check_initializer, cpu_count, normalize_n_jobs
 
 from . import _crash, _tracking
-from ._common import check_initializer, nested_process_n_jobs, serialize
+from ._common import nested_process_n_jobs, serialize
 
 __all__ = ["ProcessBackendBase", "nested_threads"]
 

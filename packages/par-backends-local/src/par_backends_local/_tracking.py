@@ -32,10 +32,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from operator import itemgetter
 from typing import Any
 
-from par_api import ProcessLocal
+from par_api import BatchInfo, ProcessLocal
 
 from . import _recycling
 
@@ -161,73 +160,6 @@ def watch_parent(parent_pid: int, interval: float = PARENT_POLL_INTERVAL) -> Non
 
 
 # -- parent side ----------------------------------------------------------------------
-
-
-def _func_name(func: Any) -> str:
-    inner = getattr(func, "func", None)  # functools.partial
-    if inner is not None and callable(inner) and not hasattr(func, "__qualname__"):
-        func = inner
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-    if name is None:
-        name = type(func).__qualname__
-    return str(name)
-
-
-class BatchInfo:
-    """What the parent remembers of a submitted batch, to name it if its worker dies: the
-    index of its first task, its number of tasks and its first few distinct functions.
-
-    Made at submission from a ``BatchedCalls`` (:meth:`of`); it does not keep the tasks
-    (and their arguments) alive until the batch completes, so they are freed as soon as
-    the batch is pickled."""
-
-    __slots__ = ("functions", "index", "n_tasks")
-
-    def __init__(self, index: int, n_tasks: int, functions: tuple[Any, ...]) -> None:
-        self.index = index
-        self.n_tasks = n_tasks
-        self.functions = functions
-
-    @classmethod
-    def of(cls, batch: Any, sent: Any = None) -> BatchInfo | None:
-        """The record of ``batch`` (duck-typed on ``tasks`` and ``index``), or None.
-        ``sent`` is what ``TransportHooks.serialize_batch`` made of it: when it carries
-        ``functions`` (see :class:`par_api.TransportHooks`), the tasks are not walked."""
-        tasks = getattr(batch, "tasks", None)
-        index = getattr(batch, "index", None)
-        if tasks is None or not isinstance(index, int):
-            return None
-        known = getattr(sent, "functions", None)
-        if isinstance(known, tuple) and known:
-            return cls(index, len(tasks), known[:4])
-        try:
-            n = len(tasks)
-            try:  # C speed for hashable callables (nearly all), order kept
-                functions = tuple(dict.fromkeys(map(itemgetter(0), tasks)))[:4]
-            except TypeError:
-                seen: list[Any] = []
-                for task in tasks:
-                    if not any(task[0] is f for f in seen):
-                        seen.append(task[0])
-                        if len(seen) == 4:
-                            break
-                functions = tuple(seen)
-        except Exception:
-            return None
-        return cls(index, n, functions)
-
-    def describe(self) -> str:
-        """``'task 3 (function f)'`` / ``'tasks 8 to 11 (functions f, g)'``."""
-        names: list[str] = []
-        for func in self.functions:
-            name = _func_name(func)
-            if name not in names:
-                names.append(name)
-        funcs = ", ".join(names[:3]) + (", ..." if len(self.functions) > 3 else "")
-        label = "function" if len(names) == 1 else "functions"
-        n, index = self.n_tasks, self.index
-        where = f"task {index}" if n == 1 else f"tasks {index} to {index + n - 1}"
-        return f"{where} ({label} {funcs})"
 
 
 def describe_batch(batch: Any) -> str | None:

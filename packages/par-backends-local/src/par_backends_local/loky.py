@@ -23,13 +23,12 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Future
 from typing import Any
 
-from par_api import TransportHooks, WorkerDiedError
+from par_api import TransportHooks, WorkerDiedError, check_initializer
 
 from . import _crash, _recycling, _tracking
 from ._common import (
     adopt_remote_traceback,
     check_backend_kwargs,
-    check_initializer,
     check_process_backend_available,
     hand_over,
     init_steps,

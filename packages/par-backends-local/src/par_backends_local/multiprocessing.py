@@ -36,13 +36,12 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from par_api import TransportHooks, WorkerDiedError
+from par_api import TransportHooks, WorkerDiedError, check_initializer
 
 from . import _recycling, _tracking
 from ._common import (
     adopt_remote_traceback,
     check_backend_kwargs,
-    check_initializer,
     check_process_backend_available,
     hand_over,
     init_steps,

@@ -6,34 +6,24 @@ arguments, when, the placeholders) is ``par_api.arguments``, shared with the das
 backend; here it stores with ``ray.put``. The ObjectRefs are passed as top-level
 arguments of the Ray task, which Ray resolves to their values on the worker (numpy
 arrays without a copy, read-only) before :func:`~par_backends_ray._task.run_batch` puts
-them back into the tasks; the cache keeps each stored object (and its ObjectRef) alive
-until the call ends, then Ray frees it.
+them back into the tasks. The per-call cache is ``par_api.CallArguments`` storing with
+:func:`put_each`; it keeps each stored object (and its ObjectRef) alive until the call
+ends, then Ray frees it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from par_api import CallArguments as _CallArguments
+import ray
 
-__all__ = ["DEFAULT_PUT_THRESHOLD", "CallArguments"]
+__all__ = ["DEFAULT_PUT_THRESHOLD", "put_each"]
 
 #: Arguments with a known size of at least this many bytes are put once per call (1 MiB).
 DEFAULT_PUT_THRESHOLD = 1024**2
 
 
-class CallArguments(_CallArguments):
-    """``par_api.arguments.CallArguments`` storing with ``put(obj)`` (``ray.put``), one
-    object at a time; ``n_put``/``bytes_put`` name its counters in Ray's words."""
-
-    def __init__(self, put: Callable[[Any], Any], threshold: int | None) -> None:
-        super().__init__(lambda objects: [put(obj) for obj in objects], threshold)
-
-    @property
-    def n_put(self) -> int:
-        return self.n_stored
-
-    @property
-    def bytes_put(self) -> int:
-        return self.bytes_stored
+def put_each(objects: list[Any]) -> list[Any]:
+    """The ``store`` of ``par_api.CallArguments``: ``ray.put`` each object, one ObjectRef
+    each."""
+    return [ray.put(obj) for obj in objects]

@@ -10,6 +10,7 @@ machine, other people's too) and checks that none is left.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,13 +54,25 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
+def _end_with_parent() -> None:
+    """In the child before ``exec``: SIGTERM when the parent thread ends (Linux
+    ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 class LocalCluster:
     """``ray start --head --block --num-cpus N`` on 127.0.0.1 (see the module docstring).
 
     Use it as a context manager or call :meth:`start` and :meth:`stop`. ``address`` is
     ``'127.0.0.1:PORT'``, for ``ray.init(address=...)``, ``RAY_ADDRESS`` or
     ``parallel_config(backend='ray', address=...)``; ``log`` is the file holding the
-    output of ``ray start``.
+    output of ``ray start``. ``end_with_parent`` (Linux): ``ray start`` gets SIGTERM, and
+    stops the node, when the thread that started it ends, even by ``os._exit`` (a test
+    process ended by pytest-timeout), so that no cluster outlives its test run.
     """
 
     def __init__(
@@ -68,8 +81,10 @@ class LocalCluster:
         object_store_memory: int = 100_000_000,
         start_timeout: float = 120,
         extra_args: list[str] | None = None,
+        end_with_parent: bool = True,
     ) -> None:
         self.num_cpus = num_cpus
+        self.end_with_parent = end_with_parent
         self.object_store_memory = object_store_memory
         self.start_timeout = start_timeout
         self.extra_args = list(extra_args or [])
@@ -110,8 +125,9 @@ class LocalCluster:
         env.pop("RAY_ADDRESS", None)
         with open(self.log, "wb") as log:
             self._proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_end_with_parent if self.end_with_parent else None,
+            )  # fmt: skip
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             text = self.log.read_text(errors="replace")

@@ -17,6 +17,7 @@ another; a cancelled task is never retried by Ray), and fails the batch with a
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from typing import Any
 import ray
 
 from ._task import STARTED
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["Monitor"]
 
@@ -48,17 +51,22 @@ class Monitor:
     """Watches the generator tasks of one backend; ``on_result(entry, ref)`` gets the
     ObjectRef of a batch's results (or of its failure), ``cancel(entry)`` ends the task
     of a batch that overran (``ray.cancel(force=True)``; an actor is restarted), then
-    ``on_timeout(entry, seconds)`` fails it."""
+    ``on_timeout(entry, seconds)`` fails it. ``on_error(entry, exc)`` fails a batch when
+    watching it failed (an unexpected error of ``ray.wait``, e.g. the runtime went away, or
+    of the callbacks): every batch watched then gets it, so that no call waits forever
+    for a batch nobody watches any more."""
 
     def __init__(
         self,
         on_result: Callable[[Any, Any], None],
         on_timeout: Callable[[Any, float], None],
         cancel: Callable[[Any], None],
+        on_error: Callable[[Any, BaseException], None],
     ) -> None:
         self._on_result = on_result
         self._on_timeout = on_timeout
         self._cancel = cancel
+        self._on_error = on_error
         self._lock = threading.Lock()
         self._watched: dict[int, Watched] = {}
         self._thread: threading.Thread | None = None
@@ -91,26 +99,38 @@ class Monitor:
                 if not watched:
                     self._thread = None
                     return
-            now = time.monotonic()
-            wake = now + _POLL
-            for item in watched:
-                if item.deadline is None:
-                    continue
-                if now >= item.deadline:
-                    self._expire(item)
-                else:
-                    wake = min(wake, item.deadline)
-            with self._lock:
-                gens = [w.gen for w in self._watched.values()]
-            if not gens:
-                continue
             try:
-                ready, _ = ray.wait(gens, num_returns=1, timeout=max(wake - time.monotonic(), 0), fetch_local=False)
-            except Exception:  # the runtime went away: the futures report it
-                time.sleep(_POLL)
-                ready = []
-            for gen in ready:
-                self._advance(gen)
+                self._step(watched)
+            except Exception as exc:  # the runtime went away, or a bug: never hang the call
+                _logger.debug("par ray timeout watch failed", exc_info=True)
+                self._fail_all(exc)
+
+    def _step(self, watched: list[Watched]) -> None:
+        now = time.monotonic()
+        wake = now + _POLL
+        for item in watched:
+            if item.deadline is None:
+                continue
+            if now >= item.deadline:
+                self._expire(item)
+            else:
+                wake = min(wake, item.deadline)
+        with self._lock:
+            gens = [w.gen for w in self._watched.values()]
+        if not gens:
+            return
+        ready, _ = ray.wait(gens, num_returns=1, timeout=max(wake - time.monotonic(), 0), fetch_local=False)
+        for gen in ready:
+            self._advance(gen)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """Fail every watched batch with ``exc`` (the watch itself failed)."""
+        with self._lock:
+            items = list(self._watched.values())
+            self._watched.clear()
+        for item in items:
+            with contextlib.suppress(Exception):
+                self._on_error(item.entry, exc)
 
     def _find(self, gen: Any) -> Watched | None:
         with self._lock:
@@ -139,7 +159,10 @@ class Monitor:
         with self._lock:
             if self._watched.pop(id(item.entry), None) is None:
                 return
-        self._on_result(item.entry, ref)
+        try:
+            self._on_result(item.entry, ref)
+        except Exception as exc:  # no longer watched: it must not be left without an outcome
+            self._on_error(item.entry, exc)
 
     def _expire(self, item: Watched) -> None:
         with self._lock:
@@ -147,4 +170,7 @@ class Monitor:
                 return
         with contextlib.suppress(Exception):
             self._cancel(item.entry)
-        self._on_timeout(item.entry, item.entry.timeout)
+        try:
+            self._on_timeout(item.entry, item.entry.timeout)
+        except Exception as exc:  # no longer watched: it must not be left without an outcome
+            self._on_error(item.entry, exc)

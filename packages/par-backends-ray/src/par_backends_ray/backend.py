@@ -36,17 +36,25 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, wait
+from concurrent.futures import CancelledError
 from typing import Any
 
 import ray
 import ray.exceptions
-from par_api import ParallelBackendBase, RemoteTraceback, WorkerDiedError, check_n_jobs, parse_nbytes
+from par_api import (
+    BatchInfo,
+    CallArguments,
+    ParallelBackendBase,
+    RemoteTraceback,
+    WorkerDiedError,
+    check_initializer,
+    check_n_jobs,
+    parse_nbytes,
+)
 
-from ._actors import ActorPool, check_initializer
-from ._arguments import DEFAULT_PUT_THRESHOLD, CallArguments
+from ._actors import ActorPool
+from ._arguments import DEFAULT_PUT_THRESHOLD, put_each
 from ._runtime import ENV_ADDRESS, ensure_initialized
 from ._task import current_waiter, run_batch, run_batch_timed
 from ._timeout import Monitor
@@ -54,6 +62,9 @@ from ._timeout import Monitor
 __all__ = ["RayBackend"]
 
 _BACKEND_KWARGS = ("address", "put_threshold", "init_kwargs", "initializer", "initargs", "actors")
+
+#: Where the initializer runs, for check_initializer's message.
+_RUNS_IN = "each Ray actor of the call"
 
 #: Ray task options par sets itself.
 _OWN_OPTIONS = frozenset({"name", "num_returns"})
@@ -152,6 +163,13 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _last_line(exc: BaseException) -> str:
+    """The last line of an error's text: for an actor whose initializer raised, the
+    initializer's own error (``ValueError: cannot load the model``)."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def _check_init_kwargs(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -173,27 +191,15 @@ def _batch_name(batch: Any) -> str:
 
 
 def _func_label(func: Any) -> str:
-    func = getattr(func, "func", func)  # the scheduler's Guard wraps the user's function
     return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__)
 
 
 def _batch_label(batch: Any) -> str:
-    """What a batch holds, as the scheduler names tasks: ``'task 3 (f)'`` or
-    ``'tasks 8 to 11 (f, g)'`` (``WorkerDiedError.task``: the scheduler then knows the
-    dead worker ran this batch's tasks)."""
-    tasks = getattr(batch, "tasks", None)
-    if not tasks:
-        return _batch_name(batch)
-    index = int(getattr(batch, "index", 0) or 0)
-    names: list[str] = []
-    for task in tasks[:20]:
-        name = _func_label(task[0])
-        if name not in names:
-            names.append(name)
-    funcs = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    n = len(tasks)
-    where = f"task {index}" if n == 1 else f"tasks {index} to {index + n - 1}"
-    return f"{where} ({funcs})"
+    """What a batch holds, as the scheduler names tasks: ``'task 3 (function f)'``
+    (``par_api.BatchInfo``; ``WorkerDiedError.task``: the scheduler then knows the dead
+    worker ran this batch's tasks); the Ray task name for anything else."""
+    info = BatchInfo.of(batch)
+    return info.describe() if info is not None else _batch_name(batch)
 
 
 class _Batch:
@@ -201,8 +207,8 @@ class _Batch:
     callback, fired once."""
 
     __slots__ = (
-        "actor", "callback", "error", "fired", "future", "gen", "killed_by", "label", "name", "pool", "ref",
-        "timeout", "waiter",
+        "actor", "callback", "done", "error", "fired", "future", "gen", "handle", "killed_by", "label", "name",
+        "pool", "ref", "timeout", "waiter",
     )
 
     def __init__(self, ref: Any, name: str, callback: Callable[[Any], None] | None) -> None:
@@ -213,10 +219,12 @@ class _Batch:
         self.timeout: float | None = None
         self.pool: ActorPool | None = None  # the actor pool running it, and which actor
         self.actor = -1
+        self.handle: Any = None  # the actor (handle) it was sent to
         self.killed_by: str | None = None  # its actor was restarted for that batch's timeout
         self.name = name
         self.callback = callback
         self.fired = False
+        self.done = threading.Event()  # set once its outcome is known (before the callback)
         self.future: Any = None
         self.waiter: Any = None
 
@@ -276,7 +284,7 @@ class RayBackend(ParallelBackendBase):
         self.address = _check_address(address)
         self.put_threshold = _check_threshold(put_threshold)
         self.init_kwargs = _check_init_kwargs(init_kwargs)
-        self.initializer, self.initargs = check_initializer(initializer, initargs)
+        self.initializer, self.initargs = check_initializer(initializer, initargs, _RUNS_IN)
         self.actors = _check_actors(actors)
         _check_combination(self.actors, self.initializer)
         self.ray_options = _check_options(ray_options)
@@ -288,7 +296,7 @@ class RayBackend(ParallelBackendBase):
         self._args: CallArguments | None = None
         self._options: dict[str, Any] = {}
         self._cancelled: set[Any] = set()  # refs cancelled by abort_everything
-        self._monitor = Monitor(self._on_result, self._on_timeout, self._cancel_overrun)
+        self._monitor = Monitor(self._on_result, self._on_timeout, self._cancel_overrun, self._on_watch_error)
         self._pool: ActorPool | None = None
         self._n_jobs = 1
         #: What this backend put into the object store: objects and their known bytes.
@@ -369,7 +377,9 @@ class RayBackend(ParallelBackendBase):
             options["init_kwargs"] = _check_init_kwargs(backend_kwargs.pop("init_kwargs"))
         if "initializer" in backend_kwargs or "initargs" in backend_kwargs:
             options["initializer"], options["initargs"] = check_initializer(
-                backend_kwargs.pop("initializer", self.initializer), backend_kwargs.pop("initargs", self.initargs)
+                backend_kwargs.pop("initializer", self.initializer),
+                backend_kwargs.pop("initargs", self.initargs),
+                _RUNS_IN,
             )
         if "actors" in backend_kwargs:
             options["actors"] = _check_actors(backend_kwargs.pop("actors"))
@@ -408,7 +418,7 @@ class RayBackend(ParallelBackendBase):
     def start_call(self) -> None:
         """A new per-call cache of the arguments put into the object store."""
         self._connect()
-        args = CallArguments(ray.put, self._option("put_threshold"))
+        args = CallArguments(put_each, self._option("put_threshold"))
         with self._lock:
             self._args = args
 
@@ -422,17 +432,17 @@ class RayBackend(ParallelBackendBase):
             with self._lock:
                 args = self._args
             assert args is not None
-        n_put, bytes_put = args.n_put, args.bytes_put
+        n_put, bytes_put = args.n_stored, args.bytes_stored
         batch, refs = args.prepare(func)
-        self.n_put += args.n_put - n_put
-        self.bytes_put += args.bytes_put - bytes_put
+        self.n_put += args.n_stored - n_put
+        self.bytes_put += args.bytes_stored - bytes_put
         name = _batch_name(func)
         timeout = self.task_timeout
         gen = None
         pool = self._actor_pool() if self._uses_actors() else None
-        actor = -1
+        actor, handle = -1, None
         if pool is not None:
-            sent, actor = pool.submit(name, timeout is not None, batch, refs)
+            sent, actor, handle = pool.submit(name, timeout is not None, batch, refs)
             ref, gen = (sent, None) if timeout is None else (sent.completed(), sent)
         elif timeout is None:
             ref = _remote().options(name=name, **self._task_options()).remote(batch, *refs)
@@ -441,7 +451,7 @@ class RayBackend(ParallelBackendBase):
             ref = gen.completed()
         entry = _Batch(ref, name, callback)
         entry.gen = gen
-        entry.pool, entry.actor = pool, actor
+        entry.pool, entry.actor, entry.handle = pool, actor, handle
         entry.label = _batch_label(func)
         waiter = current_waiter()  # inside a par task on Ray: its thread waits for this too
         with self._lock:
@@ -485,6 +495,12 @@ class RayBackend(ParallelBackendBase):
         )
         self._fire(entry)
 
+    def _on_watch_error(self, entry: _Batch, exc: BaseException) -> None:
+        """The timeout watch failed (the Ray runtime went away): the batch fails with it."""
+        entry.error = RuntimeError(f"par lost track of the Ray task of batch {entry.name}: {exc!r}")
+        entry.error.__cause__ = exc
+        self._fire(entry)
+
     def _fire(self, entry: _Batch) -> None:
         """Run the batch's callback, once."""
         with self._lock:
@@ -492,6 +508,7 @@ class RayBackend(ParallelBackendBase):
             if entry.fired:
                 return
             entry.fired = True
+        entry.done.set()
         if entry.pool is not None:
             entry.pool.done(entry.actor)
         if entry.waiter is not None:
@@ -514,12 +531,33 @@ class RayBackend(ParallelBackendBase):
                     raise exc.cause from None  # a running task cancelled: see below
                 raise _original(exc)  # noqa: B904 - its __cause__ is the remote traceback
         except _ACTOR_DIED as exc:
+            if out.ref in self._cancelled:  # our own abort replaced its actor
+                raise CancelledError(f"par cancelled the Ray task of batch {out.name}") from exc
+            init_failed = bool(getattr(exc, "actor_init_failed", False))
+            again = replaced = False
+            if out.pool is not None and not out.killed_by:
+                # recorded only: this runs in Ray's callback thread (see ActorPool)
+                again, replaced = out.pool.mark_dead(out.actor, out.handle, init_failed)
+            if init_failed and out.pool is not None:
+                initializer = _func_label(out.pool.initializer)
+                raise WorkerDiedError(
+                    f"The Ray actor running the par batch {out.name} ({out.label}) could not start: "
+                    f"its initializer {initializer} raised"
+                    + (" again, in an actor started in place of one whose initializer raised" if again else "")
+                    + f": {_last_line(exc)}. "
+                    + (
+                        "par starts a new actor in its place for the next batches."
+                        if replaced
+                        else f"par started {out.pool.init_replacements} new actor(s) in place of actors whose "
+                        f"initializer raised and starts no more: the batches sent to this actor fail."
+                    ),
+                    task=out.label,
+                ) from exc
             raise WorkerDiedError(
                 f"The Ray actor running the par batch {out.name} ({out.label}) died: "
                 f"{type(exc).__name__}: {_first_line(exc)}. Ray restarts it (its initializer "
-                f"runs again) unless the initializer itself raised (its error is in the "
-                f"cause). Other causes: a task used more memory than the node has, a crash in "
-                f"native code, os._exit in a task."
+                f"runs again). Likely causes: a task used more memory than the node has, a crash "
+                f"in native code, os._exit in a task."
                 + (f" It was killed for the timeout of {out.killed_by}." if out.killed_by else ""),
                 # a batch queued on an actor restarted for another's timeout names that one:
                 # the scheduler then runs it again without spending its retries
@@ -550,13 +588,7 @@ class RayBackend(ParallelBackendBase):
     def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
         """Wait up to ``timeout`` seconds for the batch (``TimeoutError``), then as
         :meth:`retrieve_result_callback`."""
-        if out.future is None and out.error is None:  # a watched batch: its results are not known yet
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while out.future is None and out.error is None:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"the Ray task of the par batch {out.name} did not finish within {timeout} s")
-                time.sleep(0.01)
-        if out.error is None and not wait([out.future], timeout=timeout).done:
+        if not out.done.wait(timeout):
             raise TimeoutError(f"the Ray task of the par batch {out.name} did not finish within {timeout} s")
         return self.retrieve_result_callback(out)
 
@@ -566,8 +598,11 @@ class RayBackend(ParallelBackendBase):
         process of a running one is ended (Ray starts another), as loky ends its workers
         on an abort; ``force=False`` (a ``KeyboardInterrupt`` in the task) was not always
         delivered (CI's fresh environments: running tasks ran to their end). Actor tasks
-        (no ``force`` for them): ``force=False``. The runtime stays: the backend remains
-        usable."""
+        (no ``force`` for them, and a running one is not interrupted): the actors with
+        batches of the call are killed, and replaced when ``ensure_ready`` (the backend
+        stays usable, e.g. inside ``with Parallel(...)``). Every batch completes: those
+        under a per-task timeout whose results are not known yet get a
+        ``CancelledError``. The runtime stays."""
         with self._lock:
             pending = list(self._pending.values())
             self._pending.clear()
@@ -575,12 +610,23 @@ class RayBackend(ParallelBackendBase):
             if len(self._cancelled) > 10000:
                 self._cancelled.clear()
             self._cancelled.update(e.ref for e in pending)
+        busy: dict[int, set[int]] = {}
+        pools: dict[int, ActorPool] = {}
         for entry in pending:
             if entry.gen is not None:
                 self._monitor.forget(entry)
-            with contextlib.suppress(Exception):
-                target = entry.gen if entry.gen is not None else entry.ref
-                ray.cancel(target, force=entry.pool is None, recursive=True)
+            if entry.pool is not None:
+                busy.setdefault(id(entry.pool), set()).add(entry.actor)
+                pools[id(entry.pool)] = entry.pool
+            else:
+                with contextlib.suppress(Exception):
+                    ray.cancel(entry.gen if entry.gen is not None else entry.ref, force=True, recursive=True)
+        for key, indexes in busy.items():
+            pools[key].abort(indexes, replace=ensure_ready)
+        for entry in pending:
+            if entry.gen is not None and entry.future is None:  # no future will ever fire
+                entry.error = CancelledError(f"par cancelled the Ray task of batch {entry.name}")
+                self._fire(entry)
         if args is not None:
             args.clear()
 
