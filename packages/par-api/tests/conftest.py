@@ -34,6 +34,7 @@ def _hermetic_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     registry._providers.clear()
     registry._reset_for_tests()
     monkeypatch.setattr(registry, "_entry_points", lambda: [])
+    monkeypatch.setattr(registry, "_SHIPPED", {})  # par-backends-local may be installed
     monkeypatch.delenv("PAR_BACKEND", raising=False)
     monkeypatch.delenv("PAR_MULTIPROCESSING", raising=False)
     try:

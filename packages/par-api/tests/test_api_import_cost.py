@@ -21,3 +21,21 @@ def test_api_import_does_not_import_importlib_metadata() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]
+
+
+def test_api_import_does_not_import_pathlib() -> None:
+    """A worker process imports par_api: pathlib (~5 ms of a worker's start) only comes
+    when the CPU count is read."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules.pop("pathlib", None)  # imported at start-up by some environments' .pth files
+        import par_api
+        print("pathlib" in sys.modules)
+        par_api.cpu.cgroup_cpu_limit()
+        print("pathlib" in sys.modules)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]

@@ -199,6 +199,42 @@ def test_entry_point_backend_is_found_and_loaded_lazily(entry_points: Any, backe
     assert backend.params == {"x": 1}  # type: ignore[attr-defined]
 
 
+def test_a_shipped_backend_is_imported_without_reading_the_entry_points(
+    entry_points: Any, backend_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_SHIPPED", {"shipped": f"{backend_module}:EPBackend"})
+    entry_points(shipped=f"{backend_module}:make")  # would build it with origin='factory'
+    backend = make_backend("shipped", x=1)
+    assert type(backend).__name__ == "EPBackend"
+    assert backend.params == {"x": 1}  # type: ignore[attr-defined]
+    assert entry_points.state["calls"] == 0  # type: ignore[attr-defined]
+    make_backend("shipped")
+    assert entry_points.state["calls"] == 0  # type: ignore[attr-defined]
+    # the provider still comes from the entry point (read only when asked for)
+    assert backend_providers() == {"shipped": f"{backend_module}:make"}
+
+
+def test_a_shipped_backend_whose_module_is_missing_falls_back_to_the_entry_points(
+    entry_points: Any, backend_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_SHIPPED", {"shipped": "par_api_no_such_module_xyz:Backend"})
+    entry_points(shipped=f"{backend_module}:make")
+    backend = make_backend("shipped")
+    assert backend.params == {"origin": "factory"}  # type: ignore[attr-defined]
+    assert entry_points.state["calls"] == 1  # type: ignore[attr-defined]
+    monkeypatch.setattr(registry, "_SHIPPED", {"gone": "par_api_no_such_module_xyz:Backend"})
+    with pytest.raises(BackendNotAvailableError, match="backend='gone' is not available"):
+        make_backend("gone")
+
+
+def test_a_run_time_registration_wins_over_a_shipped_backend(
+    backend_module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_SHIPPED", {"shipped": f"{backend_module}:EPBackend"})
+    register_parallel_backend("shipped", Dummy)
+    assert type(make_backend("shipped")) is Dummy
+
+
 def test_entry_point_is_loaded_once_and_cached(entry_points: Any, backend_module: str) -> None:
     entry_points(fromep=f"{backend_module}:EPBackend")
     factory = get_backend_factory("fromep")

@@ -37,6 +37,30 @@ def test_backends_entry_points_resolve(name: str) -> None:
     assert "par-backends-local" in par_api.backend_providers()[name]
 
 
+def test_backends_registry_imports_them_as_their_entry_points_declare() -> None:
+    """par_api's registry imports these backends without reading the entry points
+    (``registry._SHIPPED``): its table must say what this package's entry points say."""
+    from importlib import metadata
+
+    declared = {
+        ep.name: ep.value
+        for ep in metadata.entry_points(group=par_api.ENTRY_POINT_GROUP)
+        if ep.value.startswith("par_backends_local.")
+    }
+    assert par_api.registry._SHIPPED == declared
+
+
+@pytest.mark.timeout(60)
+def test_backends_default_backend_is_made_without_importlib_metadata() -> None:
+    code = (
+        "import sys, par_api\n"
+        "print(type(par_api.make_backend('loky')).__name__, 'importlib.metadata' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["LokyBackend", "False"]
+
+
 def test_backends_capability_flags() -> None:
     seq, thr, lok, mp = (ALL[n]() for n in ("sequential", "threading", "loky", "multiprocessing"))
     assert (seq.uses_threads, seq.supports_sharedmem, seq.supports_auto_batching) == (False, True, False)

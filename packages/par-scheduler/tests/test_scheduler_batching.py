@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from par_api import BatchedCalls, Task
-from par_scheduler import TARGET_BATCH_DURATION, AutoBatcher, run, tail_batch_size
+from par_scheduler import MAX_AUTO_BATCH_SIZE, TARGET_BATCH_DURATION, AutoBatcher, run, tail_batch_size
 
 T = TARGET_BATCH_DURATION
 
@@ -64,6 +64,28 @@ def test_scheduler_auto_batcher_shrinks_at_once_when_slow() -> None:
 def test_scheduler_auto_batcher_refuses_bad_target() -> None:
     with pytest.raises(ValueError, match="target"):
         AutoBatcher(target=0)
+
+
+def test_scheduler_auto_batcher_never_exceeds_max_size() -> None:
+    batcher = AutoBatcher()
+    assert batcher.max_size == MAX_AUTO_BATCH_SIZE
+    for _ in range(40):  # trivial tasks: the size would grow without bound
+        size = batcher.next_size()
+        batcher.record(size, size * 1e-8)
+    assert batcher.next_size() == MAX_AUTO_BATCH_SIZE
+    small = AutoBatcher(max_size=100)
+    small.size = 50
+    small.record(50, 1e-6)
+    assert small.next_size() == 100
+    small.size = 500  # set above the cap by hand: a slow batch shrinks within the cap
+    small.record(500, 2 * T)
+    assert small.next_size() == 100
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
+def test_scheduler_auto_batcher_refuses_bad_max_size(bad: Any) -> None:
+    with pytest.raises(ValueError, match="max_size must be an int >= 1"):
+        AutoBatcher(max_size=bad)
 
 
 @pytest.mark.parametrize(

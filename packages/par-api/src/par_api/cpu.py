@@ -15,9 +15,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-_ROOT = Path("/")
+if TYPE_CHECKING:
+    from pathlib import Path
+
+#: The file-system root, a string: pathlib is imported when the files are read, not
+#: with par_api (a worker process imports par_api and seldom counts CPUs).
+_ROOT = "/"
 
 
 def _read(path: Path) -> str | None:
@@ -71,6 +76,8 @@ def cgroup_cpu_limit(root: Path | str = _ROOT) -> float | None:
     cgroup v1 (read only when no v2 ``cpu.max`` exists): ``cpu.cfs_quota_us`` over
     ``cpu.cfs_period_us``. Unreadable or malformed files count as "no limit".
     """
+    from pathlib import Path
+
     root = Path(root)
     v2_dirs = _cgroup_v2_dirs(root)
     if v2_dirs:
@@ -108,6 +115,8 @@ def affinity_cpu_count() -> int | None:
 
 def physical_core_count(root: Path | str = _ROOT, cpus: set[int] | None = None) -> int | None:
     """Distinct physical cores, from sysfs topology (restricted to ``cpus`` when given)."""
+    from pathlib import Path
+
     base = Path(root) / "sys/devices/system/cpu"
     cores: set[tuple[str, str]] = set()
     try:
@@ -164,6 +173,8 @@ def _cpu_count(root: Path | str, only_physical_cores: bool) -> int:
     The affinity mask is always the real one (``os.sched_getaffinity``): it is a
     property of the process, not of the file system.
     """
+    from pathlib import Path
+
     root = Path(root)
     counts = [os.cpu_count() or 1]
     cpus = _affinity()

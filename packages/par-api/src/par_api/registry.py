@@ -3,7 +3,10 @@
 Backends come from two places: ``register_parallel_backend`` at run time, and the
 entry-point group ``par.backends`` of installed distributions, read lazily the first
 time a name is not found among the registered ones (so importing par stays cheap and
-installing a backend package is all it takes to use it).
+installing a backend package is all it takes to use it). The four backends of
+par-backends-local are imported by module path first (``_SHIPPED``), so that the first
+call with the default backend does not import ``importlib.metadata`` and scan every
+installed distribution.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ KNOWN_BACKEND_PACKAGES = {
     "threading": "par-backends-local",
     "multiprocessing": "par-backends-local",
     "sequential": "par-backends-local",
+}
+
+#: The backends of par's own local package, as its ``par.backends`` entry points
+#: declare them (tests-integration checks that the two agree). A name found here is
+#: imported directly the first time it is used: reading the entry points imports
+#: ``importlib.metadata`` and scans every installed distribution, 15-45 ms of a
+#: process's first call with the default backend, which joblib does not pay. When the
+#: module cannot be imported (par-backends-local not installed), the entry points decide.
+_SHIPPED = {
+    "loky": "par_backends_local.loky:LokyBackend",
+    "threading": "par_backends_local.threading:ThreadingBackend",
+    "sequential": "par_backends_local.sequential:SequentialBackend",
+    "multiprocessing": "par_backends_local.multiprocessing:MultiprocessingBackend",
 }
 
 BackendFactory = Callable[..., "ParallelBackendBase"]
@@ -76,6 +92,30 @@ def _entry_points() -> list[metadata.EntryPoint]:
     from importlib import metadata
 
     return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _load_shipped(name: str) -> BackendFactory | None:
+    """The factory of a backend of :data:`_SHIPPED`, imported without reading the entry
+    points; None when its module is not installed (or ``name`` is not one of them)."""
+    target = _SHIPPED.get(name)
+    if target is None:
+        return None
+    module_name, _, attr = target.partition(":")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        # not installed, or a dependency is missing: the entry points decide (and a
+        # failing entry point says which package to fix)
+        return None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        return None
+    with _lock:
+        # the provider is left to backend_providers(), which reads the entry points
+        _from_entry_points[name] = factory
+    return factory  # type: ignore[no-any-return]
 
 
 def _load_entry_point(name: str) -> BackendFactory | None:
@@ -129,7 +169,7 @@ def get_backend_factory(name: str) -> BackendFactory:
         if factory is None:
             factory = _from_entry_points.get(name)
     if factory is None and isinstance(name, str):
-        factory = _load_entry_point(name)
+        factory = _load_shipped(name) or _load_entry_point(name)
     if factory is None:
         hint = ""
         if name in KNOWN_BACKEND_PACKAGES:

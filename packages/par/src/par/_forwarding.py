@@ -38,7 +38,6 @@ import io
 import logging
 import os
 import pickle
-import secrets
 import socket
 import struct
 import sys
@@ -93,6 +92,10 @@ class _Server:
     worker connection."""
 
     def __init__(self) -> None:
+        # here, not at module level: a worker imports this module for its client side
+        # only, and secrets brings hmac and OpenSSL's _hashlib (5-10 ms per worker start)
+        import secrets
+
         self.pid = os.getpid()
         self.token = secrets.token_bytes(16)
         self._lock = threading.Lock()  # one replay at a time: blocks are never mixed
