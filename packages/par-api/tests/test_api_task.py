@@ -269,3 +269,17 @@ def test_batch_info_names_the_tasks_without_keeping_them():
     assert (info.index, info.n_tasks, info.functions) == (8, 4, (square, abs))
     assert info.describe().startswith("tasks 8 to 11 (functions ") and info.describe().endswith(", abs)")
     assert par_api.BatchInfo.of(object()) is None
+
+
+def test_batch_first_functions_keeps_order_caps_at_four_and_takes_unhashable_callables():
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, x):
+            return x
+
+    u = Unhashable()
+    tasks = [(f, (1,), {}) for f in (abs, abs, u, max, u, min, len, repr)]
+    assert par_api.BatchInfo.first_functions(tasks) == (abs, u, max, min)
+    hashable = [(f, (1,), {}) for f in (len, abs, len, max, min, repr)]
+    assert par_api.BatchInfo.first_functions(hashable) == (len, abs, max, min)

@@ -219,20 +219,25 @@ class BatchInfo:
         if isinstance(known, tuple) and known:
             return cls(index, len(tasks), known[:4])
         try:
-            n = len(tasks)
-            try:  # C speed for hashable callables (nearly all), order kept
-                functions = tuple(dict.fromkeys(map(itemgetter(0), tasks)))[:4]
-            except TypeError:
-                seen: list[Any] = []
-                for task in tasks:
-                    if not any(task[0] is f for f in seen):
-                        seen.append(task[0])
-                        if len(seen) == 4:
-                            break
-                functions = tuple(seen)
+            return cls(index, len(tasks), cls.first_functions(tasks))
         except Exception:
             return None
-        return cls(index, n, functions)
+
+    @staticmethod
+    def first_functions(tasks: Any) -> tuple[Any, ...]:
+        """The first (at most 4) distinct callables of ``tasks`` (``(func, args, kwargs)``
+        items), in order: the one rule for what a batch's record and
+        ``par_serialization``'s sent batch say about its functions."""
+        try:  # C speed for hashable callables (nearly all), order kept
+            return tuple(dict.fromkeys(map(itemgetter(0), tasks)))[:4]
+        except TypeError:  # an unhashable callable
+            seen: list[Any] = []
+            for task in tasks:
+                if not any(task[0] is f for f in seen):
+                    seen.append(task[0])
+                    if len(seen) == 4:
+                        break
+            return tuple(seen)
 
     def describe(self) -> str:
         """``'task 3 (function f)'`` / ``'tasks 8 to 11 (functions f, g)'``."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from itertools import repeat
 from typing import Any
 
-from par_api import SingleArgTasks
+from par_api import BatchInfo, SingleArgTasks
 
 from . import _buffers, _orphans, _spill
 from ._blobs import DEFAULT_BLOB_THRESHOLD, BlobStore, TempBlobStore
@@ -88,20 +88,6 @@ def _validate_protocol(protocol: Any) -> int | None:
 
 #: The one empty kwargs dict of a batch (callees get their own copy of **kwargs).
 _NO_KWARGS: dict[str, Any] = {}
-
-
-def _first_functions(tasks: Any) -> tuple[Any, ...]:
-    """The first (at most 4) distinct callables of a batch's tasks, in order."""
-    try:
-        return tuple(dict.fromkeys(task[0] for task in tasks))[:4]
-    except TypeError:  # an unhashable callable
-        seen: list[Any] = []
-        for task in tasks:
-            if not any(task[0] is f for f in seen):
-                seen.append(task[0])
-                if len(seen) == 4:
-                    break
-        return tuple(seen)
 
 
 #: Third item of a packed batch whose tasks each have one positional argument, no keywords.
@@ -268,7 +254,7 @@ class BatchSerializer:
         sent = self._spilled(payload, buffers, len(tasks), index)
         if sent is None:
             sent = SerializedBatch(payload, len(tasks), index, buffers)
-        sent.functions = (packed[0],) if type(packed) is tuple else _first_functions(tasks)
+        sent.functions = (packed[0],) if type(packed) is tuple else BatchInfo.first_functions(tasks)
         return sent
 
     def _spilled(self, payload: bytes, buffers: list[Any], n: int, index: int) -> SerializedBatch | None:
