@@ -95,6 +95,14 @@ def _worker_functions():
             os._exit(3)
         return i
 
+    def fail_when_exists(path, x):
+        """Raise once ``path`` exists: the other batch has started (the abort is then
+        sure to find it running, however slowly its actor started)."""
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        raise LookupError(f"no item {x}")
+
     def init_state(tag):
         import par
 
@@ -111,10 +119,32 @@ def _worker_functions():
         time.sleep(0.01)
         return os.getpid(), state["tag"], state["inits"], state["n"]
 
-    return square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at, init_state, count_in_state
+    return (
+        square_pid,
+        fail_at,
+        nbytes,
+        inner,
+        outer,
+        pid_then_sleep,
+        exit_at,
+        fail_when_exists,
+        init_state,
+        count_in_state,
+    )
 
 
-square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at, init_state, count_in_state = _worker_functions()
+(
+    square_pid,
+    fail_at,
+    nbytes,
+    inner,
+    outer,
+    pid_then_sleep,
+    exit_at,
+    fail_when_exists,
+    init_state,
+    count_in_state,
+) = _worker_functions()
 
 
 def test_parallel_on_ray_in_order_on_the_clusters_workers(on_ray):
@@ -279,13 +309,15 @@ def test_an_error_stops_the_running_actor_batches(on_ray, tmp_path):
     """Ray does not interrupt a running actor task on ray.cancel: on the first error the
     busy actors are killed and replaced (as a loky abort ends its workers), so the next
     call of the block does not queue behind a batch of the failed one."""
-    marks = tmp_path / "marks"
-    marks.mkdir()
     path = tmp_path / "pid"
     with Parallel(n_jobs=2, initializer=init_state, initargs=("a",), batch_size=1) as parallel:
         with pytest.raises(LookupError, match="no item 1"):
-            parallel(delayed(fail_at)(i, 1, str(marks)) if i else delayed(pid_then_sleep)(str(path), 0) for i in range(4))
-        assert _wait_for(lambda: path.exists() and path.read_text(), 60)
+            # task 1 fails once task 0 has started (before: when task 0's actor started
+            # after task 1 failed, the abort came first and task 0 never ran)
+            parallel(
+                delayed(fail_when_exists)(str(path), i) if i else delayed(pid_then_sleep)(str(path), 0) for i in range(4)
+            )
+        assert _wait_for(lambda: path.exists() and path.read_text(), 10)
         # the actor would live on to the block's end (its batch sleeps 60 s): it was killed
         assert _wait_for(lambda: not _alive(int(path.read_text())), 60), "the busy actor still runs its batch"
         assert parallel(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
