@@ -20,7 +20,15 @@ from concurrent.futures import CancelledError
 import pytest
 import ray
 import ray.exceptions
-from par_api import BatchedCalls, RemoteTraceback, Task, WorkerDiedError, available_backends, make_backend
+from par_api import (
+    DEFAULT_STORE_THRESHOLD,
+    BatchedCalls,
+    RemoteTraceback,
+    Task,
+    WorkerDiedError,
+    available_backends,
+    make_backend,
+)
 from par_backends_ray import DEFAULT_PUT_THRESHOLD, LocalCluster, RayBackend
 
 # method="thread": a test stuck inside Ray's C++ code (a blocking Ray call from a Ray
@@ -40,7 +48,8 @@ def test_ray_registered_through_entry_point():
     assert isinstance(backend, RayBackend)
     assert backend.put_threshold == 2 * 1024**2
     assert backend.ray_options == {"num_cpus": 2}
-    assert RayBackend().put_threshold == DEFAULT_PUT_THRESHOLD
+    # the default is the one rule of par_api for both cluster backends, 1 MiB
+    assert RayBackend().put_threshold == DEFAULT_PUT_THRESHOLD == DEFAULT_STORE_THRESHOLD == 1024**2
     assert not ray.is_initialized()  # nothing starts before the backend is configured
 
 
