@@ -247,24 +247,7 @@ def test_a_task_killing_its_worker_is_isolated_and_the_layers_retry_it(cluster, 
     assert len(list(tmp_path.iterdir())) == runs  # 1 + retries, times 1 + max_retries
 
 
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def _wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def test_initializer_runs_once_per_actor_and_worker_state_lasts_the_with_block(on_ray):
+def test_initializer_runs_once_per_actor_and_worker_state_lasts_the_with_block(on_ray, probe):
     """With an initializer the batches run on n_jobs actors: each runs the initializer
     once, and its worker_state() carries over from one call of the block to the next."""
     with Parallel(n_jobs=2, initializer=init_state, initargs=("x",), batch_size=1) as parallel:
@@ -278,7 +261,7 @@ def test_initializer_runs_once_per_actor_and_worker_state_lasts_the_with_block(o
         assert sorted(counts) == list(range(1, len(counts) + 1))
     assert sum(len([r for r in first + second if r[0] == pid]) for pid in pids) == 20
     # the block's end kills the actors
-    assert _wait_for(lambda: not any(map(_alive, pids)), 30), "the actors outlive their Parallel block"
+    assert probe.wait_until(lambda: not any(map(probe.alive, pids)), 30), "the actors outlive their Parallel block"
 
 
 def test_initializer_error_fails_the_call_with_a_worker_died_error(on_ray):
@@ -305,7 +288,7 @@ def test_per_task_timeout_on_actors_restarts_the_actor(on_ray, tmp_path):
     assert out[1:] == [1, 2, 3, 4, 5]
 
 
-def test_an_error_stops_the_running_actor_batches(on_ray, tmp_path):
+def test_an_error_stops_the_running_actor_batches(on_ray, tmp_path, probe):
     """Ray does not interrupt a running actor task on ray.cancel: on the first error the
     busy actors are killed and replaced (as a loky abort ends its workers), so the next
     call of the block does not queue behind a batch of the failed one."""
@@ -317,9 +300,9 @@ def test_an_error_stops_the_running_actor_batches(on_ray, tmp_path):
             parallel(
                 delayed(fail_when_exists)(str(path), i) if i else delayed(pid_then_sleep)(str(path), 0) for i in range(4)
             )
-        assert _wait_for(lambda: path.exists() and path.read_text(), 10)
+        assert probe.wait_until(lambda: path.exists() and path.read_text(), 10)
         # the actor would live on to the block's end (its batch sleeps 60 s): it was killed
-        assert _wait_for(lambda: not _alive(int(path.read_text())), 60), "the busy actor still runs its batch"
+        assert probe.wait_until(lambda: not probe.alive(int(path.read_text())), 60), "the busy actor still runs its batch"
         assert parallel(delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
 
 

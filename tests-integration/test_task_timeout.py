@@ -141,7 +141,7 @@ def _par_threads():
     return {t for t in threading.enumerate() if t.name.startswith("par-threading-") and t.is_alive()}
 
 
-def test_threading_a_hung_task_is_abandoned_and_its_thread_replaced():
+def test_threading_a_hung_task_is_abandoned_and_its_thread_replaced(probe):
     """A thread cannot be stopped: the hung task gets its ``TimeoutError``, its thread is
     abandoned and a new thread takes its place, so ``n_jobs`` threads keep working."""
     _release.clear()
@@ -159,10 +159,10 @@ def test_threading_a_hung_task_is_abandoned_and_its_thread_replaced():
         assert took < 10  # 28 x 20 ms on two threads plus two timeouts: both threads kept working
     finally:
         _release.set()  # the abandoned threads return, drop their result and exit
-    assert wait_for(lambda: len(_par_threads() - before) == 0, 10), _par_threads() - before
+    assert probe.wait_until(lambda: len(_par_threads() - before) == 0, 10), _par_threads() - before
 
 
-def test_threading_a_task_spinning_in_python_is_interrupted():
+def test_threading_a_task_spinning_in_python_is_interrupted(probe):
     before = {t.ident for t in threading.enumerate()}
     out = Parallel(n_jobs=2, backend="threading", timeout=0.3, on_error="return")(
         delayed(_spins_at)(i, {0}) for i in range(6)
@@ -170,16 +170,7 @@ def test_threading_a_task_spinning_in_python_is_interrupted():
     assert isinstance(out[0], TimeoutError) and out[1:] == [10, 20, 30, 40, 50]
     spinning = lambda: [t for t in threading.enumerate() if t.ident not in before and t.name.startswith("par-threading")]  # noqa: E731
     # the call's pool is stopped after it, and the spinning thread was interrupted
-    assert wait_for(lambda: not spinning(), 10), spinning()
-
-
-def wait_for(predicate, timeout):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    assert probe.wait_until(lambda: not spinning(), 10), spinning()
 
 
 def test_sequential_applies_no_timeout():
@@ -224,7 +215,7 @@ def _dask_workers_idle(client):
 
 @pytest.mark.dask
 @pytest.mark.parametrize("return_as", ["list", "generator_unordered"])
-def test_dask_a_hung_task_gets_a_timeout_error_and_the_others_their_results(dask_client, return_as):
+def test_dask_a_hung_task_gets_a_timeout_error_and_the_others_their_results(dask_client, return_as, probe):
     """The hung tasks spin in Python: their futures are cancelled, their threads on the
     workers interrupted, and both workers go on with the other tasks."""
     from par import parallel_config
@@ -247,7 +238,7 @@ def test_dask_a_hung_task_gets_a_timeout_error_and_the_others_their_results(dask
         assert isinstance(out[2], TimeoutError) and isinstance(out[9], TimeoutError)
     assert took < 60
     assert events[-1].n_failed == 2 and events[-1].n_timed_out == 2
-    assert wait_for(lambda: _dask_workers_idle(dask_client), 10)  # the spinning tasks were stopped
+    assert probe.wait_until(lambda: _dask_workers_idle(dask_client), 10)  # the spinning tasks were stopped
 
 
 @pytest.mark.dask
@@ -273,7 +264,7 @@ def test_dask_a_timed_out_task_is_retried(dask_client, tmp_path):
 
 
 @pytest.mark.dask
-def test_dask_a_task_blocked_in_c_keeps_its_worker_thread_until_it_returns(dask_client):
+def test_dask_a_task_blocked_in_c_keeps_its_worker_thread_until_it_returns(dask_client, probe):
     """A thread blocked in C code cannot be interrupted: the task gets its
     ``TimeoutError`` at once, but its worker's thread stays taken until the call returns
     (here 3 s); the other tasks run on the other worker meanwhile, then on both."""
@@ -284,7 +275,7 @@ def test_dask_a_task_blocked_in_c_keeps_its_worker_thread_until_it_returns(dask_
             delayed(_sleeps_at)(i, {0}, 3) for i in range(8)
         )
     assert isinstance(out[0], TimeoutError) and out[1:] == [i * 10 for i in range(1, 8)]
-    assert wait_for(lambda: _dask_workers_idle(dask_client), 10)
+    assert probe.wait_until(lambda: _dask_workers_idle(dask_client), 10)
 
 
 def _spins_once(i, folder):
@@ -353,17 +344,9 @@ def _ray_functions():
 _ray_hangs_at, _ray_hangs_once = _ray_functions()
 
 
-def _pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 @pytest.mark.ray
 @pytest.mark.parametrize("return_as", ["list", "generator_unordered"])
-def test_ray_a_hung_task_gets_a_timeout_error_and_its_worker_is_ended(on_ray, return_as, tmp_path):
+def test_ray_a_hung_task_gets_a_timeout_error_and_its_worker_is_ended(on_ray, return_as, tmp_path, probe):
     events: list[ProgressEvent] = []
     t0 = time.monotonic()
     out = list(
@@ -382,7 +365,7 @@ def test_ray_a_hung_task_gets_a_timeout_error_and_its_worker_is_ended(on_ray, re
     assert took < 60
     assert events[-1].n_failed == 2 and events[-1].n_timed_out == 2
     pids = [int((tmp_path / f"pid-{i}").read_text()) for i in (2, 9)]
-    assert wait_for(lambda: not any(map(_pid_alive, pids)), GONE_WITHIN), "a timed-out task's Ray worker still runs"
+    assert probe.wait_until(lambda: not any(map(probe.alive, pids)), GONE_WITHIN), "a timed-out task's Ray worker still runs"
 
 
 @pytest.mark.ray

@@ -130,3 +130,26 @@ def test_boundaries_contracts_of_this_repository_cover_every_package() -> None:
     root = TOOLS.parent
     packages = check_boundaries.discover_packages(root / "packages")
     assert check_boundaries.check_contracts_cover(root, packages) == []
+
+
+def test_boundaries_report_a_registry_factory_that_names_a_submodule_or_another_package(tree: Path) -> None:
+    from par_api.registry import KNOWN_BACKENDS, KnownBackend
+
+    packages = check_boundaries.discover_packages(tree / "packages")
+    table = {
+        "ok": KnownBackend("fake-other", "fake_other:Backend"),
+        "sub": KnownBackend("fake-other", "fake_other.sub:Backend"),
+        "wrong": KnownBackend("fake-other", "fake_api:Backend"),
+        "elsewhere": KnownBackend("not-here", "not_here:Backend"),
+        "by-entry-point": KnownBackend("not-here"),
+    }
+    assert check_boundaries.by_name_problems(table, packages) == [
+        "backend 'sub': factory 'fake_other.sub:Backend' must be 'fake_other:<top-level name>' "
+        "(a top-level name of fake-other, which the row names)",
+        "backend 'wrong': factory 'fake_api:Backend' must be 'fake_other:<top-level name>' "
+        "(a top-level name of fake-other, which the row names)",
+        "backend 'elsewhere': 'not-here' is not a package of packages/",
+    ]
+    # and this repository's table passes
+    real = check_boundaries.discover_packages(TOOLS.parent / "packages")
+    assert check_boundaries.by_name_problems(KNOWN_BACKENDS, real) == []

@@ -2,7 +2,7 @@
 
 Run it as ``hatch run check:boundaries`` (the ``check`` environment has import-linter,
 deptry and ruff, and every package of ``packages/`` installed). Four checks, each done
-by a well-kept tool rather than by parsing imports here:
+by a well-kept tool rather than by parsing imports here, and one of par_api's table:
 
 1. **Coverage of the contracts**: every package folder of ``packages/`` has its import
    name in ``root_packages`` of ``.importlinter`` and is the source of some contract, so
@@ -19,10 +19,14 @@ by a well-kept tool rather than by parsing imports here:
    name taken from *another par package* (``from par_api import _x``), which is not a
    module import and so is invisible to import-linter. Private names of the standard
    library or of third-party packages are not this check's business and are dropped.
+5. **The registry's imports by name** (``par_api.registry.KNOWN_BACKENDS``): par_api
+   imports par-backends-local's backends by a ``"package:attribute"`` string, which
+   import-linter cannot see; each such string must name the top level of the import
+   package of the distribution its row names (no submodule, no other package).
 
 Usage::
 
-    python tools/check_boundaries.py [--root REPO] [--skip {contracts,import-linter,deptry,private-names}]
+    python tools/check_boundaries.py [--root REPO] [--skip {contracts,import-linter,deptry,private-names,by-name}]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 try:
     import tomllib
@@ -58,7 +63,7 @@ SRC_IGNORES: dict[str, dict[str, list[str]]] = {
 #: the plugins that tools/isolation.py installs beside the package.
 TEST_ONLY_IMPORTS = ["pytest", "pytest_timeout", "xdist"]
 
-STEPS = ("contracts", "import-linter", "deptry", "private-names")
+STEPS = ("contracts", "import-linter", "deptry", "private-names", "by-name")
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,34 @@ def check_private_names(root: Path, packages: list[Package]) -> tuple[bool, str]
     return not findings, "\n".join(findings)
 
 
+def by_name_problems(known_backends: dict[str, Any], packages: list[Package]) -> list[str]:
+    """Problems with the ``"package:attribute"`` strings of a backend table shaped like
+    ``par_api.registry.KNOWN_BACKENDS`` (rows with ``provider`` and ``factory``)."""
+    import_names = {p.dist: p.import_name for p in packages}
+    problems = []
+    for name, known in known_backends.items():
+        if known.factory is None:
+            continue
+        module, _, attr = known.factory.partition(":")
+        expected = import_names.get(known.provider)
+        if expected is None:
+            problems.append(f"backend {name!r}: {known.provider!r} is not a package of packages/")
+        elif module != expected or not attr or "." in attr:
+            problems.append(
+                f"backend {name!r}: factory {known.factory!r} must be '{expected}:<top-level name>' "
+                f"(a top-level name of {known.provider}, which the row names)"
+            )
+    return problems
+
+
+def check_by_name_imports(packages: list[Package]) -> list[str]:
+    """:func:`by_name_problems` of par_api's own table (the installed par_api)."""
+    import importlib
+
+    registry = importlib.import_module("par_api.registry")
+    return by_name_problems(registry.KNOWN_BACKENDS, packages)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO, help="repository root (default: this repository)")
@@ -243,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             section(f"deptry {pkg.dist}", *check_deptry(pkg))
     if "private-names" not in args.skip:
         section("private names of other par packages (ruff PLC2701)", *check_private_names(root, packages))
+    if "by-name" not in args.skip:
+        problems = check_by_name_imports(packages)
+        section("par_api's imports by name (registry.KNOWN_BACKENDS)", not problems, "\n".join(problems))
 
     if failed:
         print(f"\nboundaries: {len(failed)} check(s) FAILED: {', '.join(failed)}")

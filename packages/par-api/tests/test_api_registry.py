@@ -227,6 +227,24 @@ def test_a_shipped_backend_whose_module_is_missing_falls_back_to_the_entry_point
         make_backend("gone")
 
 
+def test_a_shipped_backend_whose_lazy_attribute_fails_to_import_falls_back_to_the_entry_points(
+    entry_points: Any, backend_module: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # par_backends_local exposes its backends through a module __getattr__ that imports
+    # the backend's module (and loky): an ImportError there is "not installed" too
+    lazy = f"{backend_module}_lazy"
+    (tmp_path / f"{lazy}.py").write_text(
+        "def __getattr__(name):\n    raise ImportError('No module named loky')\n"
+    )
+    monkeypatch.setattr(registry, "_SHIPPED", {"shipped": f"{lazy}:LazyBackend"})
+    entry_points(shipped=f"{backend_module}:make")
+    try:
+        assert make_backend("shipped").params == {"origin": "factory"}  # type: ignore[attr-defined]
+        assert entry_points.state["calls"] == 1  # type: ignore[attr-defined]
+    finally:
+        sys.modules.pop(lazy, None)
+
+
 def test_a_run_time_registration_wins_over_a_shipped_backend(
     backend_module: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

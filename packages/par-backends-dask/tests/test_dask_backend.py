@@ -19,6 +19,7 @@ import traceback
 import distributed
 import pytest
 from par_api import (
+    DEFAULT_STORE_THRESHOLD,
     BackendNotAvailableError,
     BatchedCalls,
     Task,
@@ -26,7 +27,7 @@ from par_api import (
     available_backends,
     make_backend,
 )
-from par_backends_dask import DaskBackend, close_clients
+from par_backends_dask import DEFAULT_SCATTER_THRESHOLD, DaskBackend, close_clients
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
 
@@ -141,6 +142,9 @@ def test_dask_registered_through_entry_point():
     backend = make_backend("dask", scatter_threshold="2M", scheduler_address="tcp://127.0.0.1:1")
     assert isinstance(backend, DaskBackend)
     assert backend.scatter_threshold == 2 * 1024**2
+    # the default is the one rule of par_api for both cluster backends, 1 MiB
+    default = DaskBackend(scheduler_address="tcp://127.0.0.1:1").scatter_threshold
+    assert default == DEFAULT_SCATTER_THRESHOLD == DEFAULT_STORE_THRESHOLD == 1024**2
 
 
 def test_no_cluster_fails_when_the_backend_is_chosen_with_joblibs_phrase(monkeypatch):

@@ -39,15 +39,21 @@ def test_backends_entry_points_resolve(name: str) -> None:
 
 def test_backends_registry_imports_them_as_their_entry_points_declare() -> None:
     """par_api's registry imports these backends without reading the entry points
-    (``registry._SHIPPED``): its table must say what this package's entry points say."""
+    (``registry.KNOWN_BACKENDS``): each must be the class this package's entry point
+    declares, and the table must name every one of them."""
     from importlib import metadata
 
     declared = {
-        ep.name: ep.value
+        ep.name: ep.load()
         for ep in metadata.entry_points(group=par_api.ENTRY_POINT_GROUP)
         if ep.value.startswith("par_backends_local.")
     }
-    assert par_api.registry._SHIPPED == declared
+    assert sorted(declared) == sorted(ALL)
+    shipped = par_api.registry._SHIPPED
+    assert sorted(shipped) == sorted(declared)
+    for name, cls in declared.items():
+        assert par_api.registry.KNOWN_BACKENDS[name].provider == "par-backends-local"
+        assert par_api.registry._load_shipped(name) is cls
 
 
 @pytest.mark.timeout(60)

@@ -348,3 +348,69 @@ def test_backends_mp_terminate_ends_a_worker_that_holds_the_result_queue_lock() 
     assert not _terminate_in_thread(pool).is_alive(), "terminate_pool hung"
     assert all(wait_gone(pid) for pid in workers)
     assert not any(t.name == "par-mp-terminate" and t.is_alive() for t in threading.enumerate())
+
+
+# Run in a child interpreter: audit hooks and fork hooks cannot be removed again.
+_FORK_OVERLAP_SCRIPT = r"""
+import functools, json, multiprocessing, os, sys, threading, time
+
+inside, overlaps = set(), []
+
+def before():
+    inside.add(threading.get_ident())
+    time.sleep(0.05)  # a slow fork (Python-level fork hooks let other threads run)
+
+def after():
+    inside.discard(threading.get_ident())
+
+def audit(event, args):
+    # what filelock >= 4.3's audit hook refuses on Python >= 3.12 (RuntimeError there)
+    if event == "os.fork" and inside - {threading.get_ident()}:
+        overlaps.append(threading.current_thread().name)
+
+os.register_at_fork(before=before, after_in_parent=after)
+sys.addaudithook(audit)
+
+from par_backends_local import MultiprocessingBackend
+
+ctx = multiprocessing.get_context("fork")
+
+def start_and_stop():
+    backend = MultiprocessingBackend(context=ctx)
+    backend.configure(n_jobs=2)
+    backend.terminate()
+
+# two pools started at once, from two threads
+threads = [threading.Thread(target=start_and_stop, name=f"caller-{i}") for i in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+# a worker death: the old pool's thread forks a replacement, this thread the next pool
+backend = MultiprocessingBackend(context=ctx)
+backend.configure(n_jobs=2)
+died = backend.submit(functools.partial(os._exit, 1))
+assert died.exception(timeout=30) is not None
+assert backend.submit(functools.partial(abs, -3)).result(timeout=30) == 3
+backend.terminate()
+print(json.dumps(overlaps))
+"""
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_backends_mp_forks_one_worker_at_a_time_across_pools() -> None:
+    """par's pools never fork from two threads at once: with filelock >= 4.3 imported
+    (``import ray`` does) on Python >= 3.12, the second fork raises RuntimeError (a
+    flake of the crash-and-retry test on 3.13). A child records overlapping forks with
+    its own audit hook, as filelock's does."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _FORK_OVERLAP_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == []

@@ -20,7 +20,15 @@ from concurrent.futures import CancelledError
 import pytest
 import ray
 import ray.exceptions
-from par_api import BatchedCalls, RemoteTraceback, Task, WorkerDiedError, available_backends, make_backend
+from par_api import (
+    DEFAULT_STORE_THRESHOLD,
+    BatchedCalls,
+    RemoteTraceback,
+    Task,
+    WorkerDiedError,
+    available_backends,
+    make_backend,
+)
 from par_backends_ray import DEFAULT_PUT_THRESHOLD, LocalCluster, RayBackend
 
 # method="thread": a test stuck inside Ray's C++ code (a blocking Ray call from a Ray
@@ -40,7 +48,8 @@ def test_ray_registered_through_entry_point():
     assert isinstance(backend, RayBackend)
     assert backend.put_threshold == 2 * 1024**2
     assert backend.ray_options == {"num_cpus": 2}
-    assert RayBackend().put_threshold == DEFAULT_PUT_THRESHOLD
+    # the default is the one rule of par_api for both cluster backends, 1 MiB
+    assert RayBackend().put_threshold == DEFAULT_PUT_THRESHOLD == DEFAULT_STORE_THRESHOLD == 1024**2
     assert not ray.is_initialized()  # nothing starts before the backend is configured
 
 
@@ -155,9 +164,7 @@ def run_batches(backend, batches, timeout=60):
     try:
         outs = [backend.submit(b, callback=callback) for b in batches]
         results = [backend.retrieve_result(out, timeout=timeout) for out in outs]
-        deadline = time.monotonic() + timeout
-        while len(done) < len(outs) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for(lambda: len(done) >= len(outs), timeout)
         assert sorted(id(o) for o in done) == sorted(id(o) for o in outs)  # each callback once
         return results
     finally:
@@ -253,10 +260,9 @@ def test_ray_abort_cancels_pending_tasks(backend, tmp_path):
     backend.start_call()
     started = [tmp_path / f"started-{i}" for i in range(2)]
     running = [backend.submit(one(pid_then_sleep, str(path), 30)) for path in started]  # both CPUs
-    deadline = time.monotonic() + 60
-    while not all(path.exists() and path.read_text() for path in started):
-        assert time.monotonic() < deadline, "the Ray tasks did not start within 60 s"
-        time.sleep(0.05)
+    assert _wait_for(lambda: all(path.exists() and path.read_text() for path in started), 60), (
+        "the Ray tasks did not start within 60 s"
+    )
     pids = [int(path.read_text()) for path in started]
     queued = [backend.submit(one(sleep_then, i, 30)) for i in range(6)]
     t0 = time.monotonic()
@@ -272,10 +278,7 @@ def test_ray_abort_cancels_pending_tasks(backend, tmp_path):
             got.append((k, type(exc).__name__, str(exc)[:200], round(time.monotonic() - t0, 2)))
     assert all(g[1] == "cancelled" for g in got), got  # none ran to its end
     assert time.monotonic() - t0 < 20, got  # the running ones would end 30 s after the abort
-    deadline = time.monotonic() + 20
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(map(_alive, pids)), "the running tasks' worker processes were not ended"
+    assert _wait_for(lambda: not any(map(_alive, pids)), 20), "the running tasks' worker processes were not ended"
     assert run_batches(backend, [one(abs, -1)]) == [[1]]  # the backend still works
 
 
@@ -307,9 +310,7 @@ def test_ray_killed_worker_raises_worker_died_error(cluster, tmp_path):
     backend.start_call()
     try:
         out = backend.submit(one(pid_then_sleep, str(path), 60))
-        deadline = time.monotonic() + 60
-        while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for(lambda: path.exists() and path.read_text(), 60)
         os.kill(int(path.read_text()), signal.SIGKILL)
         with pytest.raises(WorkerDiedError, match=r"The Ray worker running the par batch par-pid_then_sleep"):
             backend.retrieve_result(out, timeout=60)
@@ -322,9 +323,7 @@ def test_ray_killed_worker_raises_worker_died_error(cluster, tmp_path):
     retried.start_call()
     try:
         out = retried.submit(one(pid_then_sleep, str(path), 1))
-        deadline = time.monotonic() + 60
-        while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for(lambda: path.exists() and path.read_text(), 60)
         first = int(path.read_text())
         os.kill(first, signal.SIGKILL)
         assert retried.retrieve_result(out, timeout=60) == ["finished"]
@@ -342,6 +341,8 @@ def _alive(pid):
 
 
 def _wait_for(predicate, timeout):
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds passed (False):
+    the one poll of this package's tests (tests-integration has ``probe.wait_until``)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -369,13 +370,8 @@ def test_ray_task_timeout_cancels_the_overrunning_task_and_ends_its_worker(backe
             backend.retrieve_result(hung, timeout=60)
         assert time.monotonic() - t0 < 30
         pid = int(path.read_text())
-        deadline = time.monotonic() + 20
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pid), f"the Ray worker {pid} of the timed-out task still runs"
-        deadline = time.monotonic() + 10
-        while len(done) < 7 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert _wait_for(lambda: not _alive(pid), 20), f"the Ray worker {pid} of the timed-out task still runs"
+        _wait_for(lambda: len(done) >= 7, 10)
         assert sorted(map(id, done)) == sorted(map(id, [hung, *quick]))  # each callback once
         # a task raising under a timeout keeps its type
         with pytest.raises(LookupError, match="task failed on 3"):
@@ -398,9 +394,7 @@ def test_ray_abort_fires_the_timed_batches_whose_results_are_unknown(backend, tm
     try:
         outs = [backend.submit(one(sleep_then, i, 30), callback=done.append) for i in range(4)]
         backend.abort_everything(ensure_ready=True)
-        deadline = time.monotonic() + 20
-        while len(done) < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for(lambda: len(done) >= 4, 20)
         assert sorted(map(id, done)) == sorted(map(id, outs))
         for out in outs:
             with pytest.raises(CancelledError):

@@ -1,7 +1,7 @@
 """par-api: the contracts every par package codes against (standard library only)."""
 
 from .__about__ import __version__
-from .arguments import CallArguments, Slot, fill_slots
+from .arguments import DEFAULT_STORE_THRESHOLD, CallArguments, Slot, fill_slots
 from .backend import AutoBatchingMixin, ParallelBackendBase, TransportHooks, default_effective_n_jobs
 from .code import keep_code_filename
 from .config import (
@@ -55,6 +55,7 @@ __all__ = [
     "SHM_FOLDER",
     "shm_folder",
     "CallArguments",
+    "DEFAULT_STORE_THRESHOLD",
     "SingleArgTasks",
     "Slot",
     "fill_slots",

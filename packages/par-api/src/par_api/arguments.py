@@ -6,7 +6,9 @@ The shared rule of the cluster backends (``dask``: ``client.scatter``; ``ray``:
 keyword arguments of its tasks and replaces some of them by :class:`Slot` placeholders:
 
 - an argument whose size is known (``nbytes``: numpy arrays, memoryviews; ``len`` of
-  ``bytes``/``str``) and at least ``threshold`` bytes is stored as soon as it is seen;
+  ``bytes``/``str``) and at least ``threshold`` bytes is stored as soon as it is seen
+  (:data:`DEFAULT_STORE_THRESHOLD`, 1 MiB, is the default of both cluster backends:
+  dask's ``scatter_threshold``, ray's ``put_threshold``);
 - any other argument that is not "small" (see :func:`is_small`) and that an *earlier*
   batch of the same call already carried is stored when it is seen again, so a repeated
   argument crosses at most twice per call (inline in its first batch, then once).
@@ -27,7 +29,13 @@ from typing import Any
 
 from .task import Task
 
-__all__ = ["SMALL_NBYTES", "CallArguments", "Slot", "fill_slots", "is_small", "known_nbytes"]
+__all__ = ["DEFAULT_STORE_THRESHOLD", "SMALL_NBYTES", "CallArguments", "Slot", "fill_slots", "is_small", "known_nbytes"]
+
+#: The default ``threshold`` of the cluster backends: arguments with a known size of at
+#: least this many bytes are stored once per call (1 MiB). par_backends_dask's
+#: ``DEFAULT_SCATTER_THRESHOLD`` and par_backends_ray's ``DEFAULT_PUT_THRESHOLD`` are
+#: this value under their older names.
+DEFAULT_STORE_THRESHOLD = 1024**2
 
 #: Arguments smaller than this (and scalars) are never worth a stored object of their own.
 SMALL_NBYTES = 1024

@@ -4,9 +4,9 @@ Backends come from two places: ``register_parallel_backend`` at run time, and th
 entry-point group ``par.backends`` of installed distributions, read lazily the first
 time a name is not found among the registered ones (so importing par stays cheap and
 installing a backend package is all it takes to use it). The four backends of
-par-backends-local are imported by module path first (``_SHIPPED``), so that the first
-call with the default backend does not import ``importlib.metadata`` and scan every
-installed distribution.
+par-backends-local are imported by their top-level name first (``KNOWN_BACKENDS``), so
+that the first call with the default backend does not import ``importlib.metadata`` and
+scan every installed distribution.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .exceptions import BackendNotAvailableError
 
@@ -25,30 +25,45 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "par.backends"
 
-#: Backends of other ecosystems whose par package is known: the error for an unknown
-#: name says which package to install.
-KNOWN_BACKEND_PACKAGES = {
-    "dask": "par-backends-dask",
-    "ray": "par-backends-ray",
-    "spark": "a par backend for spark (none is published yet)",
-    "loky": "par-backends-local",
-    "threading": "par-backends-local",
-    "multiprocessing": "par-backends-local",
-    "sequential": "par-backends-local",
-}
 
-#: The backends of par's own local package, as its ``par.backends`` entry points
-#: declare them (tests-integration checks that the two agree). A name found here is
-#: imported directly the first time it is used: reading the entry points imports
+class KnownBackend(NamedTuple):
+    """A backend name par knows the package of (one row of :data:`KNOWN_BACKENDS`)."""
+
+    #: what to install for it: a distribution name, or a sentence when none exists
+    provider: str
+    #: ``"package:attribute"``, a top-level name of the provider's import package that
+    #: the registry imports directly, without reading the entry points; None: the
+    #: entry points find it
+    factory: str | None = None
+
+
+#: Every backend name par knows a package for, each named once. The error for an
+#: unknown name says which package to install (:data:`KNOWN_BACKEND_PACKAGES`), and the
+#: four backends of par's own local package are imported by their top-level name the
+#: first time they are used (:data:`_SHIPPED`): reading the entry points imports
 #: ``importlib.metadata`` and scans every installed distribution, 15-45 ms of a
 #: process's first call with the default backend, which joblib does not pay. When the
-#: module cannot be imported (par-backends-local not installed), the entry points decide.
-_SHIPPED = {
-    "loky": "par_backends_local.loky:LokyBackend",
-    "threading": "par_backends_local.threading:ThreadingBackend",
-    "sequential": "par_backends_local.sequential:SequentialBackend",
-    "multiprocessing": "par_backends_local.multiprocessing:MultiprocessingBackend",
+#: package cannot be imported (par-backends-local not installed), the entry points
+#: decide. par-backends-local's tests check that each factory is the class its
+#: ``par.backends`` entry point declares; this is a lookup by name, not an import
+#: dependency of par_api (``tools/check_boundaries.py`` checks that it names only the
+#: top level of the provider's package).
+KNOWN_BACKENDS: dict[str, KnownBackend] = {
+    "loky": KnownBackend("par-backends-local", "par_backends_local:LokyBackend"),
+    "threading": KnownBackend("par-backends-local", "par_backends_local:ThreadingBackend"),
+    "sequential": KnownBackend("par-backends-local", "par_backends_local:SequentialBackend"),
+    "multiprocessing": KnownBackend("par-backends-local", "par_backends_local:MultiprocessingBackend"),
+    "dask": KnownBackend("par-backends-dask"),
+    "ray": KnownBackend("par-backends-ray"),
+    "spark": KnownBackend("a par backend for spark (none is published yet)"),
 }
+
+#: name -> what to install for it (derived from :data:`KNOWN_BACKENDS`).
+KNOWN_BACKEND_PACKAGES = {name: known.provider for name, known in KNOWN_BACKENDS.items()}
+
+#: name -> ``"package:attribute"`` imported without reading the entry points (derived
+#: from :data:`KNOWN_BACKENDS`; tests replace it).
+_SHIPPED = {name: known.factory for name, known in KNOWN_BACKENDS.items() if known.factory is not None}
 
 BackendFactory = Callable[..., "ParallelBackendBase"]
 
@@ -104,12 +119,12 @@ def _load_shipped(name: str) -> BackendFactory | None:
     import importlib
 
     try:
-        module = importlib.import_module(module_name)
+        # a package may import the attribute lazily (par_backends_local's __getattr__)
+        factory = getattr(importlib.import_module(module_name), attr, None)
     except ImportError:
         # not installed, or a dependency is missing: the entry points decide (and a
         # failing entry point says which package to fix)
         return None
-    factory = getattr(module, attr, None)
     if not callable(factory):
         return None
     with _lock:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from par_api import CallArguments, fill_slots
+from par_api import DEFAULT_STORE_THRESHOLD, CallArguments, fill_slots
 
 from ._pickling import KeepCode
 
 __all__ = ["DEFAULT_SCATTER_THRESHOLD", "CallArguments", "run_batch"]
 
-#: Arguments with a known size of at least this many bytes are scattered (1 MiB).
-DEFAULT_SCATTER_THRESHOLD = 1024**2
+#: Arguments with a known size of at least this many bytes are scattered (1 MiB): the
+#: one default of both cluster backends, ``par_api.DEFAULT_STORE_THRESHOLD``.
+DEFAULT_SCATTER_THRESHOLD = DEFAULT_STORE_THRESHOLD
 
 
 def run_batch(batch: Any, *values: Any) -> list[Any]:

@@ -15,9 +15,17 @@ pid, likely cause) and discards the pool; the next submit starts a new one.
 the worker writes a result keeps the result queue's lock, and ``terminate`` waits for
 that lock. :func:`terminate_pool` frees it.
 
+Workers started by fork are started one at a time across par's pools (:func:`_pool_class`):
+after a worker death the old pool's own thread forks a replacement while the caller's
+thread starts the next pool, and two threads forking at once fail with filelock >= 4.3
+imported (``import ray`` imports it) on Python >= 3.12: its audit hook raises
+``RuntimeError: os.fork is unsafe while filelock is changing descriptor ownership`` in
+a thread that forks while another thread is forking.
+
 The Pool internals relied on: ``Pool._pool`` (its list of worker processes, read in
 :func:`_pool_processes`) and ``Pool._outqueue._wlock`` (the result queue's write lock,
-in :func:`terminate_pool`), both unchanged since Python 3.4.
+in :func:`terminate_pool`), both unchanged since Python 3.4, and ``Pool.Process`` (the
+hook that makes each worker process, in :func:`_pool_class`), unchanged since Python 3.8.
 
 Transport hooks: ``serialize_batch`` is applied to each batch, ``env`` is applied by the
 worker initializer (``os.environ.update``) before the hooks' and the user's
@@ -26,9 +34,11 @@ initializers run.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import threading
 import time
@@ -36,7 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from par_api import TransportHooks, WorkerDiedError, check_initializer
+from par_api import ProcessLocal, TransportHooks, WorkerDiedError, check_initializer
 
 from . import _recycling, _tracking
 from ._common import (
@@ -62,6 +72,45 @@ def _pool_processes(pool: Any) -> list[Any]:
     :class:`multiprocessing.Process` objects (stable since Python 3.0).
     """
     return list(getattr(pool, "_pool", ()))
+
+
+#: Held while one of par's pools forks a worker (a new lock in a forked child).
+_FORK_LOCK: ProcessLocal[threading.Lock] = ProcessLocal(threading.Lock)
+
+
+def _start_alone(start: Callable[[], None]) -> None:
+    with _FORK_LOCK.get():
+        start()
+
+
+def _process(ctx: Any, *args: Any, **kwds: Any) -> Any:
+    """``Pool.Process`` of :func:`_pool_class`: a worker process whose ``start`` holds
+    :data:`_FORK_LOCK` when it forks."""
+    proc = ctx.Process(*args, **kwds)
+    if ctx.get_start_method() == "fork":
+        # an instance attribute: a forked worker is never pickled, unlike a spawned one
+        proc.start = functools.partial(_start_alone, proc.start)
+    return proc
+
+
+@functools.cache
+def _pool_class() -> type:
+    """A ``multiprocessing.pool.Pool`` whose workers, when forked, are started one at a
+    time across par's pools (see the module's docstring): the pool's own thread
+    replacing a dead worker waits while another pool of the process forks, and the
+    other way round. Other start methods fork no Python process here. Made on first
+    use: ``multiprocessing.pool`` needs ``_multiprocessing``, which importing this
+    module must not (``PAR_MULTIPROCESSING=0``, Pyodide)."""
+    import multiprocessing.pool
+
+    return type("_Pool", (multiprocessing.pool.Pool,), {"Process": staticmethod(_process)})
+
+
+def _make_pool(ctx: Any, **kwargs: Any) -> Any:
+    """``ctx.Pool(**kwargs)``, as a :func:`_pool_class` pool for a standard context."""
+    if isinstance(ctx, multiprocessing.context.BaseContext):
+        return _pool_class()(context=ctx.get_context(), **kwargs)
+    return ctx.Pool(**kwargs)
 
 
 #: How long :func:`terminate_pool` lets ``Pool.terminate`` run before it looks for the
@@ -146,7 +195,8 @@ class _PoolState:
     """One ``multiprocessing.Pool`` with its pending batches and its death watcher."""
 
     def __init__(self, n: int, ctx: Any, initializer: Any, initargs: tuple[Any, ...], maxtasksperchild: Any):
-        self.pool = ctx.Pool(
+        self.pool = _make_pool(
+            ctx,
             processes=n,
             initializer=initializer,
             initargs=initargs,

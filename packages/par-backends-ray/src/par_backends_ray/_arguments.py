@@ -16,11 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 import ray
+from par_api import DEFAULT_STORE_THRESHOLD
 
 __all__ = ["DEFAULT_PUT_THRESHOLD", "put_each"]
 
-#: Arguments with a known size of at least this many bytes are put once per call (1 MiB).
-DEFAULT_PUT_THRESHOLD = 1024**2
+#: Arguments with a known size of at least this many bytes are put once per call (1 MiB):
+#: the one default of both cluster backends, ``par_api.DEFAULT_STORE_THRESHOLD``.
+DEFAULT_PUT_THRESHOLD = DEFAULT_STORE_THRESHOLD
 
 
 def put_each(objects: list[Any]) -> list[Any]:
