@@ -24,6 +24,10 @@ from typing import Any
 
 __all__ = ["LocalCluster", "session_members"]
 
+#: What ``ray start`` prints when its raylet did not register with the GCS within Ray's
+#: fixed 30 s (a loaded machine), the one failure :meth:`LocalCluster.start` retries.
+_RAY_START_TIMED_OUT = "timed out during startup"
+
 
 def _free_ports(n: int) -> list[int]:
     sockets = []
@@ -95,15 +99,41 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         """Start the head node; return when it accepts drivers (``RuntimeError`` with the
-        end of its log if it does not within ``start_timeout`` seconds)."""
+        end of its log if it does not within ``start_timeout`` seconds).
+
+        Ray gives its raylet a fixed 30 s to register with the GCS; on a loaded machine
+        ``ray start`` can give up with "timed out during startup". That attempt's
+        processes are ended and the node is started again, on new ports and a new temp
+        dir, while ``start_timeout`` lasts (at most :attr:`START_ATTEMPTS` attempts)."""
+        deadline = time.monotonic() + self.start_timeout
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            self._launch()
+            started, tail = self._wait_started(deadline)
+            if started:
+                return self
+            self.stop()
+            if _RAY_START_TIMED_OUT not in tail or time.monotonic() >= deadline:
+                break
+        raise RuntimeError(
+            f"`ray start --head` did not start within {self.start_timeout} s "
+            f"({attempt} attempt{'s' if attempt > 1 else ''}):\n{tail}"
+        )
+
+    #: Attempts of :meth:`start` when Ray's own start-up wait gives up.
+    START_ATTEMPTS = 3
+
+    def _command(self) -> list[str]:
+        """The command before ``start ...``: Ray's CLI in this interpreter."""
+        return [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+
+    def _launch(self) -> None:
         # short: Ray's unix sockets live under it (a path is at most 107 bytes)
         self.temp_dir = tempfile.mkdtemp(prefix="par-ray-", dir="/tmp")
         self.log = Path(self.temp_dir) / "ray-start.log"
         gcs, node_manager, object_manager, agent, agent_grpc, env_agent, metrics = _free_ports(7)
         self.address = f"127.0.0.1:{gcs}"
-        ray = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
         args = [
-            *ray, "start", "--head", "--block",
+            *self._command(), "start", "--head", "--block",
             "--node-ip-address", "127.0.0.1",
             "--port", str(gcs),
             "--num-cpus", str(self.num_cpus),
@@ -128,17 +158,18 @@ class LocalCluster:
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                 preexec_fn=_end_with_parent if self.end_with_parent else None,
             )  # fmt: skip
-        deadline = time.monotonic() + self.start_timeout
+
+    def _wait_started(self, deadline: float) -> tuple[bool, str]:
+        """(started, the end of the log) once ``ray start`` says the node runs, exits,
+        or the deadline passes."""
+        assert self._proc is not None and self.log is not None
         while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace")
-            if "Ray runtime started" in text:
-                return self
+            if "Ray runtime started" in self.log.read_text(errors="replace"):
+                return True, ""
             if self._proc.poll() is not None:
                 break
             time.sleep(0.2)
-        tail = self.log.read_text(errors="replace")[-4000:]
-        self.stop()
-        raise RuntimeError(f"`ray start --head` did not start within {self.start_timeout} s:\n{tail}")
+        return False, self.log.read_text(errors="replace")[-4000:]
 
     @property
     def session(self) -> int | None:
