@@ -106,18 +106,20 @@ class LocalCluster:
         processes are ended and the node is started again, on new ports and a new temp
         dir, while ``start_timeout`` lasts (at most :attr:`START_ATTEMPTS` attempts)."""
         deadline = time.monotonic() + self.start_timeout
-        for attempt in range(1, self.START_ATTEMPTS + 1):
+        attempts = 0
+        while True:
+            attempts += 1
             self._launch()
             started, tail = self._wait_started(deadline)
             if started:
                 return self
             self.stop()
-            if _RAY_START_TIMED_OUT not in tail or time.monotonic() >= deadline:
-                break
-        raise RuntimeError(
-            f"`ray start --head` did not start within {self.start_timeout} s "
-            f"({attempt} attempt{'s' if attempt > 1 else ''}):\n{tail}"
-        )
+            retry = _RAY_START_TIMED_OUT in tail and time.monotonic() < deadline
+            if not retry or attempts == self.START_ATTEMPTS:
+                raise RuntimeError(
+                    f"`ray start --head` did not start within {self.start_timeout} s "
+                    f"({attempts} attempt{'s' if attempts > 1 else ''}):\n{tail}"
+                )
 
     #: Attempts of :meth:`start` when Ray's own start-up wait gives up.
     START_ATTEMPTS = 3
