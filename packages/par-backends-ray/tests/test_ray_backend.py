@@ -42,7 +42,14 @@ def one(func, *args, **kwargs):
 
 
 # -- without a cluster -------------------------------------------------------------------
-def test_ray_registered_through_entry_point():
+def test_ray_registered_through_entry_point(monkeypatch):
+    # nothing starts before the backend is configured (whatever an earlier test of this
+    # process left connected: the module's cluster fixture, in random test order)
+    def no_init(*args, **kwargs):
+        raise AssertionError("ray.init called before the backend is configured")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    was_initialized = ray.is_initialized()
     assert "ray" in available_backends()
     backend = make_backend("ray", put_threshold="2M", address="127.0.0.1:1", num_cpus=2)
     assert isinstance(backend, RayBackend)
@@ -50,7 +57,7 @@ def test_ray_registered_through_entry_point():
     assert backend.ray_options == {"num_cpus": 2}
     # the default is the one rule of par_api for both cluster backends, 1 MiB
     assert RayBackend().put_threshold == DEFAULT_PUT_THRESHOLD == DEFAULT_STORE_THRESHOLD == 1024**2
-    assert not ray.is_initialized()  # nothing starts before the backend is configured
+    assert ray.is_initialized() == was_initialized
 
 
 def test_ray_capability_flags():
