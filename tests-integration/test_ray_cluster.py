@@ -119,32 +119,10 @@ def _worker_functions():
         time.sleep(0.01)
         return os.getpid(), state["tag"], state["inits"], state["n"]
 
-    return (
-        square_pid,
-        fail_at,
-        nbytes,
-        inner,
-        outer,
-        pid_then_sleep,
-        exit_at,
-        fail_when_exists,
-        init_state,
-        count_in_state,
-    )
+    return square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at, fail_when_exists, init_state, count_in_state
 
 
-(
-    square_pid,
-    fail_at,
-    nbytes,
-    inner,
-    outer,
-    pid_then_sleep,
-    exit_at,
-    fail_when_exists,
-    init_state,
-    count_in_state,
-) = _worker_functions()
+square_pid, fail_at, nbytes, inner, outer, pid_then_sleep, exit_at, fail_when_exists, init_state, count_in_state = _worker_functions()
 
 
 def test_parallel_on_ray_in_order_on_the_clusters_workers(on_ray):
