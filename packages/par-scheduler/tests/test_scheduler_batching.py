@@ -239,7 +239,7 @@ def test_scheduler_auto_batches_of_trivial_tasks_ramp_up_fast_and_keep_a_tail_fl
     sync_backend, clock: FakeClock
 ) -> None:
     """10^5 tasks of 1 µs behind a 1 ms round trip: the size reaches MAX_AUTO_BATCH_SIZE
-    within 16 batches (32 before FAST_GROWTH), and the tail shrinks to TAIL_MIN_SIZE, not
+    within 16 batches (the 25th before FAST_GROWTH), and the tail shrinks to TAIL_MIN_SIZE, not
     to single tasks (the tail's own small batches, measured by their round trip, do not
     shrink the size): 46 batches in all instead of 59."""
     backend = sync_backend(auto=True)
