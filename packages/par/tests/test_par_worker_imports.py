@@ -29,7 +29,7 @@ def test_par_forwarding_client_side_does_not_import_secrets() -> None:
 @pytest.mark.timeout(120)
 def test_par_call_outside_an_event_loop_does_not_import_asyncio() -> None:
     """A plain call (list or generator result, no event loop in the thread) does not
-    import asyncio (~40 ms of the first call); a call inside a running loop still returns
+    import asyncio (~14 ms of the first call's CPU); a call inside a running loop still returns
     a ParallelGenerator."""
     code = textwrap.dedent(
         """
