@@ -114,10 +114,12 @@ def count_par(doc: Any) -> None:
 
 def collect_par(_: int) -> Any:
     """Hand this worker's counts over (and reset them): the sum over every collect task
-    is the total whichever workers run them."""
+    is the total whichever workers run them. A call of ``n_jobs`` such tasks is cut into
+    one batch per worker; the short sleep keeps a worker that is done from taking the
+    other's batch too (if one does, the caller's loop asks again)."""
     import par
 
-    time.sleep(0.05)  # let every worker take one
+    time.sleep(0.01)
     return par.worker_state().pop("counts", None)
 
 
@@ -162,7 +164,7 @@ def w_stateful(lib: str, p: dict[str, Any]) -> dict[str, float]:
             while seen < expected:  # until every worker handed its counts over
                 got = [
                     x
-                    for x in parallel(par.delayed(collect_par)(i) for i in range(2 * N_JOBS))
+                    for x in parallel(par.delayed(collect_par)(i) for i in range(N_JOBS))
                     if x is not None
                 ]
                 parts += got

@@ -1,5 +1,5 @@
 """What a worker process imports for par: ``par._forwarding`` (its client side) only,
-without the modules of the parent's server."""
+without the modules of the parent's server; and what a plain call does not import."""
 
 from __future__ import annotations
 
@@ -24,3 +24,30 @@ def test_par_forwarding_client_side_does_not_import_secrets() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(120)
+def test_par_call_outside_an_event_loop_does_not_import_asyncio() -> None:
+    """A plain call (list or generator result, no event loop in the thread) does not
+    import asyncio (~14 ms of the first call's CPU); a call inside a running loop still returns
+    a ParallelGenerator."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import par
+        assert par.Parallel(n_jobs=2)(par.delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+        gen = par.Parallel(n_jobs=2, return_as="generator")(par.delayed(abs)(-i) for i in range(4))
+        assert list(gen) == [0, 1, 2, 3]
+        print("asyncio" in sys.modules, "par._aio" in sys.modules)
+        import asyncio
+
+        async def main():
+            g = par.Parallel(n_jobs=2, return_as="generator")(par.delayed(abs)(-i) for i in range(4))
+            return type(g).__name__, [x async for x in g]
+
+        print(*asyncio.run(main()))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["False False", "ParallelGenerator [0, 1, 2, 3]"]

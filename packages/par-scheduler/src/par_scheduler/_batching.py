@@ -24,6 +24,10 @@ __all__ = [
     "TARGET_BATCH_DURATION",
     "THREAD_TARGET_BATCH_DURATION",
     "MAX_AUTO_BATCH_SIZE",
+    "FAST_GROWTH",
+    "FAST_HEADROOM",
+    "TAIL_MIN_FRACTION",
+    "TAIL_MIN_SIZE",
     "AutoBatcher",
     "BackendSizer",
     "FixedSizer",
@@ -52,8 +56,31 @@ THREAD_TARGET_BATCH_DURATION = 0.005
 MAX_AUTO_BATCH_SIZE = 10_000
 
 #: In the tail, a batch holds at most ``remaining / (TAIL_SPLIT * n_jobs)`` tasks
-#: (guided self-scheduling: batches shrink geometrically down to single tasks).
+#: (guided self-scheduling: batches shrink geometrically, down to single tasks unless
+#: the tasks are trivially short: :data:`TAIL_MIN_SIZE`).
 TAIL_SPLIT = 2
+
+#: The tail split stops shrinking batches at ``size // TAIL_MIN_FRACTION`` tasks, at
+#: most :data:`TAIL_MIN_SIZE`, where ``size`` is the auto policy's current size. That
+#: many tasks take at most ~1/128 of the target duration at the rate the policy measured
+#: (well under a millisecond): splitting them further costs a round trip per batch and
+#: balances nothing. For 10^5 trivial tasks the last ~10 batches of 1 to 7 tasks were a
+#: third of the tail's batches. Tasks long enough for the policy's size to stay below
+#: ``TAIL_MIN_FRACTION`` (a millisecond or more) are split down to one as before, and so
+#: is everything after slow tasks (the size drops to 1). The cap bounds what a batch cut
+#: before a slow result could be seen can hold when trivially short tasks are followed by
+#: slow ones.
+TAIL_MIN_SIZE = 8
+TAIL_MIN_FRACTION = 128
+
+#: Growth of the auto policy while batches are far below the target: when a batch ran
+#: in less than ``1 / FAST_HEADROOM`` of the target (``ideal >= FAST_HEADROOM * size``),
+#: the next size may reach ``FAST_GROWTH`` times the tasks verified fast instead of
+#: twice. Trivially short tasks are then measured by little more than a
+#: process round trip each time, and reach the steady size in about half the round
+#: trips; tasks of more than ``target / FAST_HEADROOM`` each grow as before.
+FAST_HEADROOM = 8
+FAST_GROWTH = 8
 
 
 class BatchSizer(Protocol):
@@ -107,13 +134,18 @@ class AutoBatcher:
     - faster than wanted: the size grows to ``ideal`` but at most to twice the tasks of
       all the batches measured fast since the last shrink (``verified``), so the work
       committed in one batch never exceeds twice what has been verified to be fast (a
-      batch that swallows slow tasks stays small). Counting every fast batch, not only
+      batch that swallows slow tasks stays small). When the batch took less than
+      ``1 / FAST_HEADROOM`` of the target for its size, the bound is ``FAST_GROWTH``
+      times ``verified``: the tasks are far too short to hide a round trip, and each
+      doubling would cost one more round trip; Counting every fast batch, not only
       the last one, lets the size grow at each completion while several batches of the
       same size are in flight: a call of 10^5 trivial tasks reaches its batch size
       in about half the round trips;
     - slower than wanted for the current size: the size drops to ``ideal`` (at least 1)
       straight away, without smoothing, so that slow tasks quickly run one per batch,
-      and ``verified`` starts again from 0;
+      and ``verified`` starts again from 0; unless the batch itself took less than
+      ``1 / FAST_HEADROOM`` of the target (a small batch, measured mostly by its round
+      trip: the size stays);
     - never above ``max_size`` (:data:`MAX_AUTO_BATCH_SIZE`).
 
     Not thread-safe: the engine calls it under its lock.
@@ -144,7 +176,14 @@ class AutoBatcher:
             ideal = max(int(size * self.target / duration), 1)
         if ideal >= self.size:
             self.verified += size
-            self.size = min(max(self.size, min(ideal, 2 * self.verified)), self.max_size)
+            growth = FAST_GROWTH if ideal >= FAST_HEADROOM * size else 2
+            self.size = min(max(self.size, min(ideal, growth * self.verified)), self.max_size)
+        elif duration * FAST_HEADROOM <= self.target:
+            # A batch smaller than the current size (the tail split's, or one cut before
+            # the last growth) that took a small fraction of the target: its duration is
+            # mostly the round trip, which makes its tasks look slower than they are.
+            # Shrinking on it would split the tail down to single tasks.
+            pass
         else:
             self.verified = 0
             self.size = min(ideal, self.max_size)
@@ -153,9 +192,12 @@ class AutoBatcher:
 def tail_batch_size(size: int, remaining: int, n_jobs: int) -> int:
     """The size of a batch cut from the last ``remaining`` tasks of the iterable: at most
     ``size``, and small enough that the tail is shared by all ``n_jobs`` workers in
-    shrinking batches (no worker idles while another runs a big final batch)."""
+    shrinking batches (no worker idles while another runs a big final batch), but not
+    below ``size // TAIL_MIN_FRACTION`` capped at :data:`TAIL_MIN_SIZE` (only trivially
+    short tasks, measured by a size of thousands, keep a floor)."""
     share = -(-remaining // (TAIL_SPLIT * n_jobs))  # ceil
-    return max(min(size, share), 1)
+    floor = min(size // TAIL_MIN_FRACTION, TAIL_MIN_SIZE)
+    return max(min(size, max(share, floor)), 1)
 
 
 def make_sizer(

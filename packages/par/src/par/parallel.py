@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -48,7 +49,6 @@ from par_api import (
 from par_scheduler import ProgressEvent
 
 from . import _forwarding
-from ._aio import ParallelGenerator, loop_running_here
 from .progress import TqdmLike, check_progress, make_progress_listener
 
 #: Largest fixed batch used with ``max_tasks_per_child`` and ``batch_size='auto'``.
@@ -86,6 +86,17 @@ class _CallBlobs:
         path: str = self._temp.write_bytes(data, prefix="blob_")
         return path
 
+
+
+def _loop_running_here() -> bool:
+    """Whether an asyncio event loop runs in the calling thread. None can before asyncio
+    is imported: then neither asyncio (~14 ms of CPU) nor ``par._aio`` is imported, which a
+    first call outside any event loop would otherwise pay."""
+    if "asyncio" not in sys.modules:
+        return False
+    from ._aio import loop_running_here
+
+    return loop_running_here()
 
 class Parallel:
     """Helper class for readable parallel mapping: ``Parallel(n_jobs=2)(delayed(f)(x) for x in xs)``.
@@ -326,13 +337,15 @@ class Parallel:
         is a :class:`ParallelGenerator`, usable with ``for`` and ``async for``; elsewhere
         it is a plain generator, as in joblib (``ParallelGenerator(gen)`` makes it
         async-iterable)."""
-        return self._call(iterable, self.return_as, driven=loop_running_here())
+        return self._call(iterable, self.return_as, driven=_loop_running_here())
 
     async def acall(self, iterable: Iterable[TaskTuple]) -> list[Any]:
         """``await parallel.acall(tasks)``: the list of results, in task order, without
         blocking the event loop (the call runs in a thread of its own, which also reads
         ``iterable`` lazily). Cancelling the awaiting task aborts the call as an error
         does. Whatever ``return_as`` is, a list is returned."""
+        from ._aio import ParallelGenerator
+
         gen = self._call(iterable, "generator", driven=True)
         assert isinstance(gen, ParallelGenerator)
         return await gen.collect()
@@ -397,6 +410,8 @@ class Parallel:
         result: list[Any] | Iterator[Any]
         if driven and return_as != "list":
             # An event loop runs in this thread: never block it, not even to start.
+            from ._aio import ParallelGenerator
+
             result = ParallelGenerator(start=run)  # type: ignore[arg-type]
         else:
             result = run()  # no loop here: joblib's plain generator (or list)
