@@ -87,7 +87,6 @@ class _CallBlobs:
         return path
 
 
-
 def _loop_running_here() -> bool:
     """Whether an asyncio event loop runs in the calling thread. None can before asyncio
     is imported: then neither asyncio (~14 ms of CPU) nor ``par._aio`` is imported, which a
@@ -97,6 +96,7 @@ def _loop_running_here() -> bool:
     from ._aio import loop_running_here
 
     return loop_running_here()
+
 
 class Parallel:
     """Helper class for readable parallel mapping: ``Parallel(n_jobs=2)(delayed(f)(x) for x in xs)``.
