@@ -133,14 +133,13 @@ class AutoBatcher:
 
     - faster than wanted: the size grows to ``ideal`` but at most to twice the tasks of
       all the batches measured fast since the last shrink (``verified``), so the work
-      committed in one batch never exceeds twice what has been verified to be fast (a
-      batch that swallows slow tasks stays small). When the batch took less than
-      ``1 / FAST_HEADROOM`` of the target for its size, the bound is ``FAST_GROWTH``
-      times ``verified``: the tasks are far too short to hide a round trip, and each
-      doubling would cost one more round trip; Counting every fast batch, not only
-      the last one, lets the size grow at each completion while several batches of the
-      same size are in flight: a call of 10^5 trivial tasks reaches its batch size
-      in about half the round trips;
+      committed in one batch stays within a small multiple of what has been verified to
+      be fast (a batch that swallows slow tasks stays small). When the batch took less
+      than ``1 / FAST_HEADROOM`` of the target for its size, the bound is
+      ``FAST_GROWTH`` times ``verified`` instead of twice: the tasks are far too short
+      to hide a round trip, and each doubling would cost one more round trip. Counting
+      every fast batch, not only the last one, lets the size grow at each completion
+      while several batches of the same size are in flight;
     - slower than wanted for the current size: the size drops to ``ideal`` (at least 1)
       straight away, without smoothing, so that slow tasks quickly run one per batch,
       and ``verified`` starts again from 0; unless the batch itself took less than
