@@ -370,10 +370,13 @@ def test_ray_a_hung_task_gets_a_timeout_error_and_its_worker_is_ended(on_ray, re
 
 @pytest.mark.ray
 def test_ray_the_clock_starts_when_the_task_starts_on_its_worker(on_ray):
-    """40 tasks queued in Ray behind one another on 2 CPUs take longer than ``timeout``
-    in all, but none runs longer than it: none times out."""
-    out = Parallel(n_jobs=2, timeout=0.5, on_error="return")(delayed(time.sleep)(0.05) for _ in range(40))
-    assert out == [None] * 40
+    """100 tasks queued in Ray behind one another on 2 CPUs take longer than ``timeout``
+    in all (2.5 s), but none runs longer than it: none times out. (With timeout=0.5 and
+    40 tasks, one task of 0.05 s once timed out on a loaded machine: a task's result
+    reaches the driver's watch through Ray's object store, which took more than 10x the
+    task there.)"""
+    out = Parallel(n_jobs=2, timeout=2, on_error="return")(delayed(time.sleep)(0.05) for _ in range(100))
+    assert out == [None] * 100
 
 
 @pytest.mark.ray
