@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for w in WORKLOADS.values():
-            doc = (w.func.__doc__ or "").strip().splitlines()[0]
+            lines = (w.doc or w.func.__doc__ or "").strip().splitlines()
+            doc = lines[0] if lines else ""
             print(f"{w.name:22} {doc}")
         return 0
     names = (

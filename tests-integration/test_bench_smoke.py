@@ -107,3 +107,14 @@ def test_bench_mpire_workloads_with_worker_state_run_for_par(tmp_path: Path) -> 
         (run,) = results["workloads"][name]["runs"]["par"]
         assert "error" not in run, run
         assert run["metrics"]["time_s"] > 0 and run["metrics"]["checksum"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_bench_list_names_every_workload() -> None:
+    """``--list`` prints one line per workload with its description (it failed on the
+    workloads described by ``doc=`` rather than a docstring)."""
+    proc = subprocess.run([sys.executable, str(RUN), "--list"], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    for name in ("micro", "mpire_numerical", "mpire_stateful", "mpire_expensive_init", "hanging"):
+        assert name in lines and len(lines[name].split()) > 1, proc.stdout
