@@ -186,7 +186,13 @@ def evaluate(workload: Workload, summary: dict[str, Any]) -> list[dict[str, Any]
     out = []
     for t in workload.targets:
         entry = summary.get(t.metric, {})
-        value = entry.get("ratio") if t.kind == "ratio" else entry.get("par")
+        if t.kind == "ratio":
+            value = entry.get("ratio")
+        elif t.kind == "mpire":
+            par, mpire = entry.get("par"), entry.get("mpire")
+            value = par / mpire if par is not None and mpire else None
+        else:
+            value = entry.get("par")
         out.append(
             {
                 "metric": t.metric,
@@ -220,14 +226,13 @@ def table_rows(results: dict[str, Any], libs: list[str]) -> list[list[str]]:
     rows = []
     for name, wres in results["workloads"].items():
         workload = WORKLOADS[name]
-        targets = {t["metric"]: t for t in wres["targets"]}
         for metric, spec in workload.metrics.items():
             entry = wres["summary"].get(metric, {})
-            t = targets.get(metric)
-            if all(entry.get(lib) is None for lib in libs) and t is None:
+            ts = [t for t in wres["targets"] if t["metric"] == metric]  # e.g. vs joblib and vs mpire
+            if all(entry.get(lib) is None for lib in libs) and not ts:
                 continue  # not measured at these sizes (e.g. scaling's 10^6 in a quick run)
-            target = t["label"] if t else ""
-            met = "" if not t else ("n/a" if t["met"] is None else ("PASS" if t["met"] else "MISS"))
+            target = "; ".join(t["label"] for t in ts)
+            met = "; ".join("n/a" if t["met"] is None else ("PASS" if t["met"] else "MISS") for t in ts)
             ratio = entry.get("ratio")
             rows.append(
                 [

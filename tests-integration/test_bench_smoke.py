@@ -118,3 +118,54 @@ def test_bench_list_names_every_workload() -> None:
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
     for name in ("micro", "mpire_numerical", "mpire_stateful", "mpire_expensive_init", "hanging"):
         assert name in lines and len(lines[name].split()) > 1, proc.stdout
+
+
+def _run_module():
+    """benchmarks/run.py as a module (it puts benchmarks/ on sys.path for workloads)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("par_bench_run", RUN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_targets_against_mpire_and_two_targets_on_one_metric() -> None:
+    """Issue 19 sets two targets on one metric (<= 0.5x joblib and <= 1.0x mpire): both
+    are checked, the mpire one as par's median over mpire's, and the table shows both."""
+    run = _run_module()
+    workload = run.WORKLOADS["mpire_stateful"]
+    summary = {"time_s": {"par": 1.0, "joblib": 2.5, "mpire": 1.25, "ratio": 0.4, "ratios": [0.4]}}
+    targets = run.evaluate(workload, summary)
+    by_kind = {t["kind"]: t for t in targets if t["metric"] == "time_s"}
+    assert by_kind["ratio"]["value"] == 0.4 and by_kind["ratio"]["met"] is True
+    assert by_kind["mpire"]["value"] == pytest.approx(0.8) and by_kind["mpire"]["met"] is True
+    assert by_kind["mpire"]["label"] == "par/mpire <= 1"
+    summary["time_s"]["mpire"] = 0.5  # par at 2x mpire: that target is missed
+    targets = run.evaluate(workload, summary)
+    results = {"workloads": {"mpire_stateful": {"summary": summary, "targets": targets, "runs": {}}}}
+    (row,) = [r for r in run.table_rows(results, ["par", "joblib", "mpire"]) if r[1] == "time_s"]
+    assert row[-2:] == ["ratio <= 0.5; par/mpire <= 1", "PASS; MISS"]
+    summary["time_s"]["mpire"] = None  # mpire not run: no value, not met either way
+    (mpire_target,) = [t for t in run.evaluate(workload, summary) if t["kind"] == "mpire"]
+    assert mpire_target["value"] is None and mpire_target["met"] is None
+
+
+@pytest.mark.timeout(90)
+def test_bench_generator_ordered_runs_and_checks_the_order(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(RUN), "--workloads", "generator_ordered", "--quick", "--reps", "1"),
+            *("--libs", "par", "--out", str(out), "--no-chart"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (rep,) = json.loads(out.read_text())["workloads"]["generator_ordered"]["runs"]["par"]
+    assert "error" not in rep, rep
+    assert 0 < rep["metrics"]["first_result_s"] <= rep["metrics"]["total_s"]
