@@ -35,6 +35,19 @@ def nested_inner(x):
     return type(inner._backend).__name__, inner._nested_cap, sum(inner(delayed(square)(i) for i in range(x)))
 
 
+def end_after_marker(x, marker):
+    """Task 0 waits (at most 30 s) for the marker that any other task writes as it ends."""
+    if x == 0:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+    else:
+        with open(marker, "a"):
+            pass
+    return x
+
+
 def sleep_then(x, seconds):
     time.sleep(seconds)
     return x
@@ -67,9 +80,12 @@ def test_results_in_order(backend, return_as):
 
 
 @pytest.mark.parametrize("backend", ["loky", "threading"])
-def test_generator_unordered_yields_all(backend):
+def test_generator_unordered_yields_all(backend, tmp_path):
+    # Task 0 ends only after another task has (a marker file), then 0.3 s more: a second
+    # worker that starts late on a loaded machine cannot make task 0 come first.
+    marker = str(tmp_path / "another-task-ended")
     out = Parallel(n_jobs=2, backend=backend, return_as="generator_unordered")(
-        delayed(sleep_then)(i, 0.3 if i == 0 else 0.0) for i in range(6)
+        delayed(end_after_marker)(i, marker) for i in range(6)
     )
     got = list(out)
     assert sorted(got) == list(range(6))

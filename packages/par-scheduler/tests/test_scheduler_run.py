@@ -161,6 +161,61 @@ def test_scheduler_pre_dispatch_bounds_consumption_with_threads(thread_backend) 
     assert len(produced) == 50
 
 
+def _wait_until(cond: Any, timeout: float = MARGIN) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_scheduler_one_long_batch_does_not_idle_the_other_workers(thread_backend) -> None:
+    """While the first task runs, the consumer of an ordered generator waits for it: the
+    results completed behind it are not the consumer's slowness and must not stop the
+    other worker (they stopped it after one task: 1.01-1.06x joblib on uneven sleeps).
+    They are held only up to one more window, so memory stays bounded."""
+    release = threading.Event()
+    counter = Counter()
+    tasks = (Task(counter, (i,), {"wait": release if i == 0 else None}) for i in range(50))
+    gen = run(thread_backend(), tasks, n_jobs=2, batch_size=1, pre_dispatch=2, return_as="generator")
+    first: list[int] = []
+    consumer = threading.Thread(target=lambda: first.append(next(gen)))
+    consumer.start()  # blocks on task 0
+    try:
+        # window 2: task 0 holds one slot; the other worker goes on through tasks 1, 2, 3
+        # (two results wait beyond the window, the third fills it)
+        assert _wait_until(lambda: counter.n >= 4), counter.n
+        time.sleep(0.1)
+        assert counter.n == 4 and not first  # no further: the held results stay bounded
+    finally:
+        release.set()
+        consumer.join(MARGIN)
+    assert first == [0]
+    assert list(gen) == list(range(1, 50))
+
+
+def test_scheduler_result_store_counts_what_the_consumer_can_take() -> None:
+    from par_scheduler._engine import _MISSING, ResultStore
+
+    store = ResultStore(ordered=True)
+    store.put(1, ["b"])
+    store.put(2, ["c"])
+    assert store.available == 0  # batch 0 is missing: nothing can be taken
+    store.put(0, ["a"])
+    assert store.available == 3
+    assert store.pop() == ["a"] and store.available == 2
+    store.put(4, ["e"])
+    assert store.pop() == ["b"] and store.pop() == ["c"] and store.available == 0
+    assert store.pop() is _MISSING
+    store.put(3, ["d"])
+    assert store.available == 2 and store.take_all() == ["d", "e"] and store.available == 0
+    unordered = ResultStore(ordered=False)
+    unordered.put(5, ["x"])
+    unordered.put(2, ["y"])
+    assert unordered.available == 2 and unordered.pop() == ["x"] and unordered.available == 1
+
+
 def test_scheduler_pre_dispatch_all_consumes_everything_at_call(thread_backend) -> None:
     release = threading.Event()
     counter = Counter()
