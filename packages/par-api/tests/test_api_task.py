@@ -296,7 +296,10 @@ def test_batch_info_names_the_tasks_without_keeping_them():
 
     one = BatchedCalls([Task(square, (3,), {})], None, 7)
     many = BatchedCalls([Task(square, (i,), {}) for i in range(3)] + [Task(abs, (-1,), {})], None, 8)
-    assert par_api.BatchInfo.of(one).describe() == "task 7 (function test_batch_info_names_the_tasks_without_keeping_them.<locals>.square)"
+    assert (
+        par_api.BatchInfo.of(one).describe()
+        == "task 7 (function test_batch_info_names_the_tasks_without_keeping_them.<locals>.square)"
+    )
     info = par_api.BatchInfo.of(many)
     assert (info.index, info.n_tasks, info.functions) == (8, 4, (square, abs))
     assert info.describe().startswith("tasks 8 to 11 (functions ") and info.describe().endswith(", abs)")
