@@ -203,6 +203,38 @@ def test_delayed_caches_its_wrapper_per_function_not_per_equal_callable() -> Non
     assert ta[0] is a and tb[0] is b
 
 
+def test_delayed_gives_a_proxy_of_a_cached_function_its_own_wrapper() -> None:
+    """A proxy that hashes and compares like the function it wraps (as ``wrapt``'s
+    ``ObjectProxy`` and the decorators built on it do) is another callable: once
+    ``delayed(f)`` is cached, ``delayed(proxy)`` must record the proxy. A cache hit
+    answered by a plain dict lookup on the callable (``{f: wrapper}[proxy]`` finds
+    ``f``'s entry) would make the task call ``f`` and skip the proxy."""
+
+    def f(x: int) -> tuple[str, int]:
+        return ("f", x)
+
+    class Proxy:
+        def __init__(self, wrapped: object) -> None:
+            self.__wrapped__ = wrapped
+
+        def __eq__(self, other: object) -> bool:
+            return bool(self.__wrapped__ == other)
+
+        def __hash__(self) -> int:
+            return hash(self.__wrapped__)
+
+        def __call__(self, x: int) -> tuple[str, int]:
+            return ("proxy", x)
+
+    proxy = Proxy(f)
+    assert proxy == f and f == proxy and hash(proxy) == hash(f)
+    assert delayed(f)(1)[0] is f  # cached now
+    func, args, kwargs = delayed(proxy)(1)
+    assert func is proxy
+    assert Task(func, args, kwargs)() == ("proxy", 1)
+    assert delayed(f)(2) == (f, (2,), {})
+
+
 def test_delayed_accepts_unhashable_callables_and_bound_methods() -> None:
     class Unhashable:
         __hash__ = None  # type: ignore[assignment]
@@ -264,7 +296,10 @@ def test_batch_info_names_the_tasks_without_keeping_them():
 
     one = BatchedCalls([Task(square, (3,), {})], None, 7)
     many = BatchedCalls([Task(square, (i,), {}) for i in range(3)] + [Task(abs, (-1,), {})], None, 8)
-    assert par_api.BatchInfo.of(one).describe() == "task 7 (function test_batch_info_names_the_tasks_without_keeping_them.<locals>.square)"
+    assert (
+        par_api.BatchInfo.of(one).describe()
+        == "task 7 (function test_batch_info_names_the_tasks_without_keeping_them.<locals>.square)"
+    )
     info = par_api.BatchInfo.of(many)
     assert (info.index, info.n_tasks, info.functions) == (8, 4, (square, abs))
     assert info.describe().startswith("tasks 8 to 11 (functions ") and info.describe().endswith(", abs)")
