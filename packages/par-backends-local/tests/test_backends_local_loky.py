@@ -140,6 +140,22 @@ def test_backends_loky_more_workers_mean_new_processes() -> None:
     assert len(pids2) == 2 and pids2 - pids1
 
 
+def test_backends_loky_configure_starts_the_workers() -> None:
+    """A new executor's workers start at configure, not at the first batch (so that the
+    caller's set-up runs while they start), and run the batches."""
+    from par_backends_local.loky import _worker_processes
+
+    backend = LokyBackend()
+    # a worker environment of its own: a new executor, whatever earlier tests left
+    backend.configure(2, hooks=TransportHooks(env={"PAR_BACKENDS_LOCAL_PRESTART": str(os.getpid())}))
+    try:
+        started = set(_worker_processes(backend._executor))
+        assert len(started) == 2
+        assert worker_pids(backend, 2) <= started
+    finally:
+        backend.terminate()
+
+
 def test_backends_loky_hooks_env_initializer_and_serializer() -> None:
     serialized: list[Any] = []
 

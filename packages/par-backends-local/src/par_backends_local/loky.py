@@ -134,7 +134,7 @@ class LokyBackend(ProcessBackendBase):
         self.parallel = parallel
         self.hooks = hooks
         self._n_jobs = n
-        self._get_executor()
+        _start_workers(self._get_executor(), n)
         return n
 
     def _get_executor(self) -> Any:
@@ -243,6 +243,26 @@ class LokyBackend(ProcessBackendBase):
 
     def __repr__(self) -> str:
         return f"LokyBackend(n_jobs={self._n_jobs})" if self._n_jobs is not None else "LokyBackend()"
+
+
+def _start_workers(executor: Any, n: int) -> None:
+    """Start the executor's missing workers now rather than at the first batch.
+
+    loky starts workers in ``submit``; a new executor (or one whose idle workers
+    exited, or that grew) would start them only once the first batch is serialized,
+    after the caller's remaining set-up (serializer, output forwarding, the first
+    batches). Submitting a trivial call (``int()``, a builtin: nothing for the worker to
+    import) starts them at ``configure``, so that this set-up runs while the workers
+    start (a worker takes ~0.1 s of CPU to start; the parent's set-up, ~10 ms, runs on
+    another CPU meanwhile). The workers are the executor's like any other: reused by
+    later calls, ended by ``abort_everything`` or after ``idle_worker_timeout``.
+    """
+    if len(_worker_processes(executor)) >= n:
+        return
+    try:
+        executor.submit(int)
+    except (BrokenExecutor, RuntimeError):
+        pass  # the first submit starts a fresh executor, as it does today
 
 
 def _check_timeout(value: Any) -> float:
