@@ -20,9 +20,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
-
-from threadpoolctl import ThreadpoolController, threadpool_info
+from typing import TYPE_CHECKING, Any
 
 from .budget import (
     BUDGET_VAR,
@@ -31,6 +29,13 @@ from .budget import (
     _check_positive_int,
     user_set_vars,
 )
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
+
+# threadpoolctl (and ctypes, ~3 ms) is imported where a limit is applied or reported,
+# not with this module: the parent of a process backend imports this package for the
+# budget and the worker environment, and applies no limit itself.
 
 #: threadpoolctl ``internal_api`` -> the environment variable that governs it.
 _API_VARS: dict[str, str] = {
@@ -83,6 +88,8 @@ class _Applied:
 
 def _apply(limit: int) -> _Applied:
     """Limit the loaded libraries not protected by a user's variable (in ``os.environ``)."""
+    from threadpoolctl import ThreadpoolController
+
     return _Applied(_governed(ThreadpoolController(), user_set_vars()), limit)
 
 
@@ -242,4 +249,6 @@ def threadpool_report() -> list[dict[str, Any]]:
     """``threadpoolctl.threadpool_info()``: one dict per native thread pool loaded in this
     process (``user_api``, ``internal_api``, ``num_threads``, ``filepath``, ``version``,
     ...), for diagnostics, e.g. from inside a task to check a worker's limits."""
+    from threadpoolctl import threadpool_info
+
     return list(threadpool_info())
