@@ -15,9 +15,6 @@ import pytest
     [
         # entry-point metadata is only read when a backend name is not found otherwise
         ("importlib.metadata", "par_api.registry._entry_points()"),
-        # a worker process imports par_api: pathlib (~5 ms of a worker's start) only
-        # comes when the CPU count is read
-        ("pathlib", "par_api.cpu.cgroup_cpu_limit()"),
     ],
 )
 def test_api_import_leaves_out_what_only_a_call_needs(module: str, call: str) -> None:
@@ -37,3 +34,26 @@ def test_api_import_leaves_out_what_only_a_call_needs(module: str, call: str) ->
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True"]
+
+
+def test_api_cpu_count_does_not_import_pathlib() -> None:
+    """Counting CPUs reads its files with os.path: pathlib (and the urllib and ipaddress
+    it imports, ~5 ms) is imported neither by ``import par_api`` (a worker imports it)
+    nor by the count (the first call counts before its workers start)."""
+    code = textwrap.dedent(
+        """
+        import sys
+        for name in [m for m in sys.modules if m == "pathlib" or m.startswith("pathlib.")]:
+            del sys.modules[name]
+        import par_api
+        from par_api import cpu
+        cpu._CACHE.clear()
+        par_api.cpu_count()
+        par_api.cpu_count(only_physical_cores=True)
+        par_api.cpu_count_report()
+        print("pathlib" in sys.modules)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"]

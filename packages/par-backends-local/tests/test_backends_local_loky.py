@@ -140,6 +140,93 @@ def test_backends_loky_more_workers_mean_new_processes() -> None:
     assert len(pids2) == 2 and pids2 - pids1
 
 
+def test_backends_loky_configure_starts_the_workers() -> None:
+    """A new executor's workers start at configure, not at the first batch (so that the
+    caller's set-up runs while they start), and run the batches."""
+    from par_backends_local.loky import _worker_processes
+
+    backend = LokyBackend()
+    # a worker environment of its own: a new executor, whatever earlier tests left
+    backend.configure(2, hooks=TransportHooks(env={"PAR_BACKENDS_LOCAL_PRESTART": str(os.getpid())}))
+    try:
+        started = set(_worker_processes(backend._executor))
+        assert len(started) == 2
+        assert worker_pids(backend, 2) <= started
+    finally:
+        backend.terminate()
+
+
+def test_backends_loky_configure_again_while_the_workers_start() -> None:
+    """A configure with more workers right after one whose workers are still starting
+    (no batch in between) waits for them without loky's "resize an executor with running
+    jobs" warning, and gets its workers."""
+    import warnings
+
+    from par_backends_local.loky import _worker_processes
+
+    hooks = TransportHooks(env={"PAR_BACKENDS_LOCAL_RESIZE": str(os.getpid())})
+    backend = LokyBackend()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            backend.configure(1, hooks=hooks)
+            backend.configure(2, hooks=hooks)
+        assert len(_worker_processes(backend._executor)) == 2
+        assert backend.submit(batch((abs, -2))).result(timeout=30) == [2]
+    finally:
+        backend.terminate()
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="process priorities (POSIX)")
+def test_backends_loky_trackers_started_by_configure_run_nicer() -> None:
+    """The resource trackers that a first configure starts (with the executor and its
+    workers) run TRACKER_NICENESS nicer than the caller; one already running is left
+    alone; the workers keep the caller's priority."""
+    import json
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import multiprocessing.resource_tracker as mp_tracker
+        import os
+        from par_backends_local import LokyBackend
+        from par_backends_local.loky import _worker_processes
+
+        mp_tracker.ensure_running()  # started before par: not par's to change
+        backend = LokyBackend()
+        backend.configure(2)
+        import loky.backend.resource_tracker as loky_tracker
+
+        def nice(pid):
+            return os.getpriority(os.PRIO_PROCESS, pid)
+
+        workers = _worker_processes(backend._executor)
+        print(json.dumps({
+            "own": nice(0),
+            "loky_tracker": nice(loky_tracker._resource_tracker._pid),
+            "mp_tracker": nice(mp_tracker._resource_tracker._pid),
+            "workers": [nice(pid) for pid in workers],
+        }))
+        backend.terminate()
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    from par_backends_local.loky import TRACKER_NICENESS
+
+    seen = json.loads(proc.stdout)
+    own = seen["own"]
+    if own >= 19:
+        pytest.skip("already the lowest priority")
+    assert seen == {
+        "own": own,
+        "loky_tracker": min(own + TRACKER_NICENESS, 19),
+        "mp_tracker": own,
+        "workers": [own, own],
+    }
+
+
 def test_backends_loky_hooks_env_initializer_and_serializer() -> None:
     serialized: list[Any] = []
 

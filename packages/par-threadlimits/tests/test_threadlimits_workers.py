@@ -142,3 +142,30 @@ def test_threadlimits_initializer_in_spawned_pool_worker() -> None:
         pytest.skip("numpy loaded no BLAS/OpenMP library that threadpoolctl controls")
     for lib in libs:
         assert lib["num_threads"] == 1, lib
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="the start environment is read from /proc")
+def test_threadlimits_initializer_skips_threadpoolctl_when_started_with_the_budget() -> None:
+    """A worker started with the budget in its environment (loky passes worker_env() to
+    the new process) has nothing to re-limit: no threadpoolctl and no scan of its
+    libraries. A worker whose variables were set after it started (multiprocessing's
+    initializer, a forked worker holding the parent's libraries) is still scanned."""
+    code = textwrap.dedent(
+        """
+        import json, os, sys
+        sys.modules.pop("threadpoolctl", None)
+        import par_threadlimits as tl
+        if sys.argv[1] == "after-start":
+            os.environ.update(tl.worker_env(2, n_cpus=4))
+        tl.worker_initializer(2)
+        print(json.dumps({"threadpoolctl": "threadpoolctl" in sys.modules, "budget": tl.nested_budget()}))
+        """
+    )
+    started = {**_base_env(), **tl.worker_env(2, n_cpus=4)}
+    for how, env, scanned in (("at-start", started, False), ("after-start", _base_env(), True)):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, how], env=env, capture_output=True, text=True, timeout=50, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == {"threadpoolctl": scanned, "budget": 2}, how

@@ -51,3 +51,24 @@ def test_par_call_outside_an_event_loop_does_not_import_asyncio() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["False False", "ParallelGenerator [0, 1, 2, 3]"]
+
+
+@pytest.mark.timeout(120)
+def test_par_first_call_does_not_import_pathlib_or_secrets() -> None:
+    """The parent's first call counts CPUs with os.path (pathlib brings urllib and
+    ipaddress) and makes the forwarding token with os.urandom (secrets brings hmac and
+    OpenSSL): ~10 ms of CPU before the workers start."""
+    code = textwrap.dedent(
+        """
+        import sys
+        # imported at start-up by some environments' .pth files (a package on 3.13)
+        for name in [m for m in sys.modules if m.split(".")[0] in ("pathlib", "secrets", "hmac")]:
+            del sys.modules[name]
+        import par
+        assert par.Parallel(n_jobs=2)(par.delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+        print(sorted(m for m in ("pathlib", "secrets", "hmac") if m in sys.modules))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

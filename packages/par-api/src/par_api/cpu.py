@@ -18,27 +18,29 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from os import PathLike
 
-#: The file-system root, a string: pathlib is imported when the files are read, not
-#: with par_api (a worker process imports par_api and seldom counts CPUs).
+#: The file-system root, a string: the files are read with ``os.path`` and ``open``,
+#: without pathlib (urllib and ipaddress come with it: ~5 ms of the first call's CPU,
+#: spent before its workers start).
 _ROOT = "/"
 
 
-def _read(path: Path) -> str | None:
+def _read(path: str) -> str | None:
     try:
-        return path.read_text().strip()
-    except OSError:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
         return None
 
 
-def _cgroup_v2_dirs(root: Path) -> list[Path]:
+def _cgroup_v2_dirs(root: str) -> list[str]:
     """The cgroup v2 directories whose ``cpu.max`` limits this process: its own cgroup
     (from ``/proc/self/cgroup``) and each ancestor up to the mount point, leaf first.
     The mount point itself is always considered (a container sees its own cgroup there)."""
-    base = root / "sys/fs/cgroup"
-    candidates: list[Path] = []
-    content = _read(root / "proc/self/cgroup")
+    base = os.path.join(root, "sys", "fs", "cgroup")
+    candidates: list[str] = []
+    content = _read(os.path.join(root, "proc", "self", "cgroup"))
     if content is not None:
         for line in content.splitlines():
             parts = line.split(":", 2)
@@ -46,10 +48,10 @@ def _cgroup_v2_dirs(root: Path) -> list[Path]:
                 segments = [seg for seg in parts[2].strip().split("/") if seg]
                 if ".." not in segments:
                     for i in range(len(segments), 0, -1):
-                        candidates.append(base.joinpath(*segments[:i]))
+                        candidates.append(os.path.join(base, *segments[:i]))
                 break
     candidates.append(base)
-    return [folder for folder in candidates if (folder / "cpu.max").exists()]
+    return [folder for folder in candidates if os.path.exists(os.path.join(folder, "cpu.max"))]
 
 
 def _parse_cpu_max(content: str | None) -> float | None:
@@ -69,23 +71,24 @@ def _parse_cpu_max(content: str | None) -> float | None:
     return None
 
 
-def cgroup_cpu_limit(root: Path | str = _ROOT) -> float | None:
+def cgroup_cpu_limit(root: str | PathLike[str] = _ROOT) -> float | None:
     """The CPU quota of this process's cgroup as a number of CPUs, or None when unlimited.
 
     cgroup v2: the smallest ``cpu.max`` of the process's cgroup and its ancestors.
     cgroup v1 (read only when no v2 ``cpu.max`` exists): ``cpu.cfs_quota_us`` over
     ``cpu.cfs_period_us``. Unreadable or malformed files count as "no limit".
     """
-    from pathlib import Path
-
-    root = Path(root)
+    root = os.fspath(root)
     v2_dirs = _cgroup_v2_dirs(root)
     if v2_dirs:
-        limits = [limit for d in v2_dirs if (limit := _parse_cpu_max(_read(d / "cpu.max"))) is not None]
+        limits = [
+            limit for d in v2_dirs if (limit := _parse_cpu_max(_read(os.path.join(d, "cpu.max")))) is not None
+        ]
         return min(limits) if limits else None
-    for folder in ("sys/fs/cgroup/cpu", "sys/fs/cgroup/cpu,cpuacct", "sys/fs/cgroup/cpuacct,cpu"):
-        quota_s = _read(root / folder / "cpu.cfs_quota_us")
-        period_s = _read(root / folder / "cpu.cfs_period_us")
+    for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        folder = os.path.join(root, "sys", "fs", "cgroup", name)
+        quota_s = _read(os.path.join(folder, "cpu.cfs_quota_us"))
+        period_s = _read(os.path.join(folder, "cpu.cfs_period_us"))
         if quota_s is not None and period_s is not None:
             try:
                 quota, period = int(quota_s), int(period_s)
@@ -113,25 +116,24 @@ def affinity_cpu_count() -> int | None:
     return len(cpus) if cpus else None
 
 
-def physical_core_count(root: Path | str = _ROOT, cpus: set[int] | None = None) -> int | None:
+def physical_core_count(root: str | PathLike[str] = _ROOT, cpus: set[int] | None = None) -> int | None:
     """Distinct physical cores, from sysfs topology (restricted to ``cpus`` when given)."""
-    from pathlib import Path
-
-    base = Path(root) / "sys/devices/system/cpu"
+    base = os.path.join(os.fspath(root), "sys", "devices", "system", "cpu")
     cores: set[tuple[str, str]] = set()
     try:
-        entries = sorted(base.glob("cpu[0-9]*"))
-    except OSError:  # pragma: no cover
+        names = sorted(os.listdir(base))
+    except OSError:
         return None
-    for entry in entries:
-        try:
-            index = int(entry.name[3:])
-        except ValueError:
+    for name in names:
+        # the cpu<N> folders (sysfs also has cpufreq, cpuidle, ...)
+        if not (name.startswith("cpu") and name[3:].isdigit() and name[3:].isascii()):
             continue
+        index = int(name[3:])
         if cpus is not None and index not in cpus:
             continue
-        core = _read(entry / "topology/core_id")
-        package = _read(entry / "topology/physical_package_id")
+        entry = os.path.join(base, name)
+        core = _read(os.path.join(entry, "topology", "core_id"))
+        package = _read(os.path.join(entry, "topology", "physical_package_id"))
         if core is None:
             continue
         cores.add((package or "0", core))
@@ -167,15 +169,13 @@ _CACHE: dict[tuple[int | None, bool], tuple[float, int]] = {}
 _CACHE_SECONDS = 5.0
 
 
-def _cpu_count(root: Path | str, only_physical_cores: bool) -> int:
+def _cpu_count(root: str | PathLike[str], only_physical_cores: bool) -> int:
     """``cpu_count`` with the file-system root as a parameter (tests use a fake tree).
 
     The affinity mask is always the real one (``os.sched_getaffinity``): it is a
     property of the process, not of the file system.
     """
-    from pathlib import Path
-
-    root = Path(root)
+    root = os.fspath(root)
     counts = [os.cpu_count() or 1]
     cpus = _affinity()
     if cpus:

@@ -18,9 +18,12 @@ submit gets a fresh executor.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 from par_api import TransportHooks, WorkerDiedError, check_initializer
@@ -38,6 +41,10 @@ from ._process import ProcessBackendBase
 
 #: Seconds an idle worker of the reusable executor waits before exiting.
 DEFAULT_IDLE_WORKER_TIMEOUT = 300.0
+
+#: How much nicer than this process the resource trackers started with the first
+#: workers run (see :func:`_start_workers`).
+TRACKER_NICENESS = 10
 
 _BACKEND_KWARGS = ("initializer", "initargs", "idle_worker_timeout")
 
@@ -134,7 +141,10 @@ class LokyBackend(ProcessBackendBase):
         self.parallel = parallel
         self.hooks = hooks
         self._n_jobs = n
-        self._get_executor()
+        trackers = _tracker_pids()
+        _start_workers(self._get_executor(), n)
+        # the trackers this executor's creation (its locks) and workers started
+        _lower_priority(_tracker_pids() - trackers)
         return n
 
     def _get_executor(self) -> Any:
@@ -142,6 +152,11 @@ class LokyBackend(ProcessBackendBase):
 
         if self._executor_args is None:
             raise RuntimeError("LokyBackend.configure(...) must be called before submit()")
+        # A worker start begun by an earlier configure and not finished (no batch ran
+        # since, e.g. an empty call): wait for it here, as loky would before resizing the
+        # executor or replacing it, but without loky's warning about running jobs.
+        wait_futures(_starting)
+        _starting.clear()
         executor = get_reusable_executor(reuse="auto", **self._executor_args)
         with self._lock:
             if executor is not self._executor:
@@ -243,6 +258,65 @@ class LokyBackend(ProcessBackendBase):
 
     def __repr__(self) -> str:
         return f"LokyBackend(n_jobs={self._n_jobs})" if self._n_jobs is not None else "LokyBackend()"
+
+
+def _start_workers(executor: Any, n: int) -> None:
+    """Start the executor's missing workers now rather than at the first batch.
+
+    loky starts workers in ``submit``; a new executor (or one whose idle workers
+    exited, or that grew) would start them only once the first batch is serialized,
+    after the caller's remaining set-up (serializer, output forwarding, the first
+    batches). Submitting a trivial call (``int()``, a builtin: nothing for the worker to
+    import) starts them at ``configure``, so that this set-up runs while the workers
+    start. The workers are the executor's like any other: reused by later calls, ended
+    by ``abort_everything`` or after ``idle_worker_timeout``.
+
+    The first spawn of the process also starts loky's and multiprocessing's resource
+    trackers (two more interpreters: ~0.16 s of CPU together, as much as one and a half
+    workers, and the trackers are not needed before something is registered with them,
+    which goes through a pipe). ``configure`` makes those started by the executor's
+    creation and its workers' start run :data:`TRACKER_NICENESS` nicer than this
+    process, so that on a machine with few CPUs the workers, not the
+    trackers' start, get the CPUs first: the first results come when a worker is ready.
+    """
+    if len(_worker_processes(executor)) >= n:
+        return
+    try:
+        _starting.append(executor.submit(int))
+    except (BrokenExecutor, RuntimeError):
+        pass  # the first submit starts a fresh executor, as it does today
+
+
+#: The trivial calls of :func:`_start_workers` (loky's reusable executor is one per
+#: process), awaited before the executor is asked for again; a forked child has no
+#: executor thread to finish them.
+_starting: list[Future[Any]] = []
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_starting.clear)
+
+
+def _tracker_pids() -> set[int]:
+    """The pids of loky's and multiprocessing's resource trackers that are running (the
+    ``_pid`` of their ``_resource_tracker`` singletons: private, so read defensively)."""
+    pids = set()
+    for module in ("loky.backend.resource_tracker", "multiprocessing.resource_tracker"):
+        pid = getattr(getattr(sys.modules.get(module), "_resource_tracker", None), "_pid", None)
+        if isinstance(pid, int) and pid > 0:
+            pids.add(pid)
+    return pids
+
+
+def _lower_priority(pids: set[int]) -> None:
+    """Make ``pids`` :data:`TRACKER_NICENESS` nicer than this process (at most 19), where
+    the OS has ``setpriority``; a failure (the process is gone) changes nothing."""
+    if not pids or not hasattr(os, "setpriority"):
+        return
+    try:
+        niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + TRACKER_NICENESS, 19)
+        for pid in pids:
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except OSError:
+        pass
 
 
 def _check_timeout(value: Any) -> float:

@@ -20,9 +20,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
-
-from threadpoolctl import ThreadpoolController, threadpool_info
+from typing import TYPE_CHECKING, Any
 
 from .budget import (
     BUDGET_VAR,
@@ -31,6 +29,13 @@ from .budget import (
     _check_positive_int,
     user_set_vars,
 )
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
+
+# threadpoolctl (and ctypes, ~3 ms) is imported where a limit is applied or reported,
+# not with this module: the parent of a process backend imports this package for the
+# budget and the worker environment, and applies no limit itself.
 
 #: threadpoolctl ``internal_api`` -> the environment variable that governs it.
 _API_VARS: dict[str, str] = {
@@ -83,10 +88,26 @@ class _Applied:
 
 def _apply(limit: int) -> _Applied:
     """Limit the loaded libraries not protected by a user's variable (in ``os.environ``)."""
+    from threadpoolctl import ThreadpoolController
+
     return _Applied(_governed(ThreadpoolController(), user_set_vars()), limit)
 
 
 # --------------------------------------------------------------------------- workers
+
+
+def _started_with(values: dict[str, str]) -> bool:
+    """Whether this process was started with ``values`` in its environment. Read from
+    ``/proc/self/environ`` (Linux): the environment the process was started with (by a
+    fork, its parent's), whatever ``os.environ`` became since; False where it is not
+    available."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    start = dict(item.split(b"=", 1) for item in data.split(b"\0") if b"=" in item)
+    return all(start.get(name.encode()) == value.encode() for name, value in values.items())
 
 _WORKER_LIMITER: _Applied | None = None
 
@@ -102,7 +123,10 @@ def worker_initializer(limit: int | None) -> None:
        libraries loaded later and for ``Parallel`` calls nested in this worker;
     2. limits, with threadpoolctl, the thread pools of libraries already loaded (a forked
        or reused worker), except those whose variable the user set; the limit stays in
-       place for the worker's lifetime (the limiter is kept in this module);
+       place for the worker's lifetime (the limiter is kept in this module). Skipped when
+       the process was started with this budget in its environment (``PAR_THREAD_BUDGET``
+       and each variable par sets equal to ``limit``, as loky starts par's workers; read
+       from ``/proc/self/environ`` on Linux): every library loaded since read it;
     3. calls ``numexpr.set_num_threads(limit)`` if numexpr is already imported and
        ``NUMEXPR_NUM_THREADS`` is not the user's.
 
@@ -119,9 +143,18 @@ def worker_initializer(limit: int | None) -> None:
     assert limit is not None
     users = user_set_vars()
     ours = [name for name in THREAD_LIMIT_VARS if name not in users]
+    value = str(limit)
+    wanted = {name: value for name in (*ours, BUDGET_VAR)}
+    # Started with this budget in its environment (a loky worker: the pool passes
+    # worker_env() to the new process), every library loaded since read its variable:
+    # then step 2 has nothing to change, and threadpoolctl, with its scan of the loaded
+    # libraries (~4 ms of each worker's start), is not needed. Not so in a pool that sets
+    # the variables in its initializer (multiprocessing: a forked worker holds the
+    # parent's libraries, loaded before).
+    preset = all(os.environ.get(name) == v for name, v in wanted.items()) and _started_with(wanted)
     for name in ours:
-        os.environ[name] = str(limit)
-    os.environ[BUDGET_VAR] = str(limit)
+        os.environ[name] = value
+    os.environ[BUDGET_VAR] = value
     os.environ[LIMITED_VARS_VAR] = ",".join(ours)
 
     numexpr = sys.modules.get("numexpr")
@@ -130,7 +163,8 @@ def worker_initializer(limit: int | None) -> None:
         if callable(set_num_threads):
             set_num_threads(limit)
 
-    _WORKER_LIMITER = _apply(limit)
+    if not preset:
+        _WORKER_LIMITER = _apply(limit)
 
 
 # --------------------------------------------------------------------------- parent
@@ -242,4 +276,6 @@ def threadpool_report() -> list[dict[str, Any]]:
     """``threadpoolctl.threadpool_info()``: one dict per native thread pool loaded in this
     process (``user_api``, ``internal_api``, ``num_threads``, ``filepath``, ``version``,
     ...), for diagnostics, e.g. from inside a task to check a worker's limits."""
+    from threadpoolctl import threadpool_info
+
     return list(threadpool_info())

@@ -92,19 +92,18 @@ class _Server:
     worker connection."""
 
     def __init__(self) -> None:
-        # here, not at module level: a worker imports this module for its client side
-        # only, and secrets brings hmac and OpenSSL's _hashlib (5-10 ms per worker start)
-        import secrets
-
+        # os.urandom (what secrets.token_bytes returns), not secrets: that module brings
+        # hmac and OpenSSL's _hashlib (~4 ms of CPU in the parent's first call, 5-10 ms
+        # in a worker)
         self.pid = os.getpid()
-        self.token = secrets.token_bytes(16)
+        self.token = os.urandom(16)
         self._lock = threading.Lock()  # one replay at a time: blocks are never mixed
         self._path: str | None = None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if sys.platform.startswith("linux"):
-            address: Any = b"\0par-forward-" + secrets.token_hex(8).encode()
+            address: Any = b"\0par-forward-" + os.urandom(8).hex().encode()
         else:  # pragma: no cover - no abstract namespace
-            self._path = address = os.path.join(tempfile.gettempdir(), f"par-fwd-{secrets.token_hex(6)}")
+            self._path = address = os.path.join(tempfile.gettempdir(), f"par-fwd-{os.urandom(6).hex()}")
             atexit.register(self._remove_path)
         sock.bind(address)
         sock.listen(64)

@@ -18,7 +18,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-import par_memmap
 import par_scheduler
 import par_serialization
 import par_threadlimits
@@ -85,6 +84,25 @@ class _CallBlobs:
     def put(self, token: str, data: bytes) -> str:
         path: str = self._temp.write_bytes(data, prefix="blob_")
         return path
+
+
+class _LateSerializer:
+    """A call's ``TransportHooks.serialize_batch``, handed to the backend before the call's
+    serializer exists: ``Parallel._configure`` builds that (par_memmap, imported then,
+    the memmap folder's manager, the reducers, the pickler: ~6 ms of CPU in a first call)
+    after ``backend.configure``, which starts the workers of a new pool, so that it runs
+    while they start. No batch is serialized before ``configure`` returns."""
+
+    __slots__ = ("serialize",)
+
+    def __init__(self) -> None:
+        self.serialize: Callable[[Any], Any] | None = None
+
+    def __call__(self, batch: Any) -> Any:
+        serialize = self.serialize
+        if serialize is None:  # pragma: no cover - configure failed: no batch is sent
+            raise RuntimeError("the call's serializer was not built (its configure failed)")
+        return serialize(batch)
 
 
 def _loop_running_here() -> bool:
@@ -260,17 +278,13 @@ class Parallel:
             # (naming the accepted ones) and runs the tasks in its one worker.
             backend = make_backend("sequential")
         hooks = None
+        late: _LateSerializer | None = None
         if backend.supports_transport_hooks:
-            if self._temp is None:
-                self._temp = par_memmap.TempFolderManager(self.temp_folder, verbose=self.verbose)
-            reducers = par_memmap.make_reducers(self._temp, self._max_nbytes, self.mmap_mode)
-            self._serializer = par_serialization.BatchSerializer(
-                reducers, result_reducers=par_memmap.make_result_reducers(), blob_store=_CallBlobs(self._temp)
-            )
             budget = par_threadlimits.thread_budget(n_jobs, self._inner_max_num_threads)
-            serialize_batch: Any = self._serializer
+            late = _LateSerializer()
+            serialize_batch: Any = late
             if self.forward_output:
-                serialize_batch = _forwarding.forwarding_serializer(self._serializer)
+                serialize_batch = _forwarding.forwarding_serializer(late)
             hooks = TransportHooks(
                 serialize_batch=serialize_batch,
                 env=par_threadlimits.worker_env(n_jobs, self._inner_max_num_threads),
@@ -287,6 +301,20 @@ class Parallel:
             hooks=hooks,
             **self._backend_kwargs,
         )
+        if late is not None:
+            try:
+                import par_memmap
+
+                if self._temp is None:
+                    self._temp = par_memmap.TempFolderManager(self.temp_folder, verbose=self.verbose)
+                reducers = par_memmap.make_reducers(self._temp, self._max_nbytes, self.mmap_mode)
+                self._serializer = par_serialization.BatchSerializer(
+                    reducers, result_reducers=par_memmap.make_result_reducers(), blob_store=_CallBlobs(self._temp)
+                )
+            except BaseException:
+                backend.terminate()  # its workers started: release them as the call's end would
+                raise
+            late.serialize = self._serializer
         self._call_backend = backend
         self._effective_n_jobs = n
         if self.timeout is not None and not backend.supports_timeout:
