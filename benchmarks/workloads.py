@@ -831,6 +831,12 @@ class Workload:
 
 
 S = "s"
+#: The parameters (full, quick) and metrics of the two generator workloads.
+_GENERATOR_SHAPE: tuple[dict[str, Any], dict[str, Any], dict[str, Metric]] = (
+    {"tasks": 40, "max_s": 0.1},
+    {"tasks": 6, "max_s": 0.02},
+    {"first_result_s": Metric(S), "total_s": Metric(S), "ideal_total_s": Metric(S, chart=False)},
+)
 _W: list[Workload] = [
     Workload(
         "micro",
@@ -929,19 +935,10 @@ _W: list[Workload] = [
     Workload(
         "generator_unordered",
         w_generator_unordered,
-        {"tasks": 40, "max_s": 0.1},
-        {"tasks": 6, "max_s": 0.02},
-        {"first_result_s": Metric(S), "total_s": Metric(S), "ideal_total_s": Metric(S, chart=False)},
+        *_GENERATOR_SHAPE,
         (Target("first_result_s", "ratio", "<=", 0.9), Target("total_s", "ratio", "<=", 1.0)),
     ),
-    Workload(
-        "generator_ordered",
-        w_generator_ordered,
-        {"tasks": 40, "max_s": 0.1},
-        {"tasks": 6, "max_s": 0.02},
-        {"first_result_s": Metric(S), "total_s": Metric(S), "ideal_total_s": Metric(S, chart=False)},
-        (Target("total_s", "ratio", "<=", 1.0),),
-    ),
+    Workload("generator_ordered", w_generator_ordered, *_GENERATOR_SHAPE, (Target("total_s", "ratio", "<=", 1.0),)),
     Workload(
         "asyncio_heartbeat",
         w_asyncio_heartbeat,

@@ -17,31 +17,26 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 
 
-@pytest.mark.timeout(90)
-def test_bench_quick_par_only_writes_results(tmp_path: Path) -> None:
+def quick_par_run(tmp_path: Path, workloads: str, timeout: float) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``run.py --quick --reps 1 --libs par`` of ``workloads``: the process and its JSON."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
-            sys.executable,
-            str(RUN),
-            "--workloads",
-            "micro,many_calls",
-            "--quick",
-            "--reps",
-            "1",
-            "--libs",
-            "par",
-            "--out",
-            str(out),
-            "--no-chart",
+            *(sys.executable, str(RUN), "--workloads", workloads, "--quick", "--reps", "1"),
+            *("--libs", "par", "--out", str(out), "--no-chart"),
         ],
         capture_output=True,
         text=True,
-        timeout=80,
+        timeout=timeout,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.timeout(90)
+def test_bench_quick_par_only_writes_results(tmp_path: Path) -> None:
+    proc, results = quick_par_run(tmp_path, "micro,many_calls", timeout=80)
     assert results["config"] == {
         "reps": 1,
         "quick": True,
@@ -89,20 +84,8 @@ def test_bench_mpire_workloads_with_worker_state_run_for_par(tmp_path: Path) -> 
     """The stateful and expensive-initialization workloads of mpire's benchmark, written
     with par.worker_state(), run and check their own results (counts combined from the
     workers' states equal the number of words)."""
-    out = tmp_path / "bench.json"
     workloads = "mpire_stateful,mpire_expensive_init"
-    proc = subprocess.run(
-        [
-            *(sys.executable, str(RUN), "--workloads", workloads, "--quick", "--reps", "1"),
-            *("--libs", "par", "--out", str(out), "--no-chart"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    _, results = quick_par_run(tmp_path, workloads, timeout=110)
     for name in workloads.split(","):
         (run,) = results["workloads"][name]["runs"]["par"]
         assert "error" not in run, run
@@ -154,18 +137,7 @@ def test_bench_targets_against_mpire_and_two_targets_on_one_metric() -> None:
 
 @pytest.mark.timeout(90)
 def test_bench_generator_ordered_runs_and_checks_the_order(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            *(sys.executable, str(RUN), "--workloads", "generator_ordered", "--quick", "--reps", "1"),
-            *("--libs", "par", "--out", str(out), "--no-chart"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=80,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (rep,) = json.loads(out.read_text())["workloads"]["generator_ordered"]["runs"]["par"]
+    _, results = quick_par_run(tmp_path, "generator_ordered", timeout=80)
+    (rep,) = results["workloads"]["generator_ordered"]["runs"]["par"]
     assert "error" not in rep, rep
     assert 0 < rep["metrics"]["first_result_s"] <= rep["metrics"]["total_s"]
