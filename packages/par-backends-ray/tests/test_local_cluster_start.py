@@ -28,7 +28,8 @@ class _FakeCluster(LocalCluster):
                 import os, sys, time
                 runs = {str(self.runs)!r}
                 n = len(os.listdir(runs))
-                open(os.path.join(runs, str(n)), "w").close()
+                with open(os.path.join(runs, str(n)), "w") as f:
+                    f.write(" ".join(sys.argv[1:]))
                 if n < {failures}:
                     print({message!r}, flush=True)
                     sys.exit(1)
@@ -68,3 +69,19 @@ def test_other_start_failures_are_not_retried(tmp_path):
     with pytest.raises(RuntimeError, match=r"\(1 attempt\):\n.*bad --num-cpus"):
         cluster.start()
     assert len(list(cluster.runs.iterdir())) == 1
+
+
+def test_workers_bind_ports_the_os_picks(tmp_path):
+    """Two nodes on one machine (two pytest-xdist workers) with `ray start`'s default
+    worker port range (10002 on) could both hand out port 10002; the process that lost
+    aborted (a pytest worker crashed so in CI). The node is started with the range 0-0:
+    ports the OS picks, as a ray.init() node's workers do."""
+    cluster = _FakeCluster(tmp_path, failures=0, message="", start_timeout=30)
+    try:
+        cluster.start()
+        (run,) = cluster.runs.iterdir()
+        args = run.read_text().split()
+    finally:
+        cluster.stop()
+    assert args[args.index("--min-worker-port") + 1] == "0"
+    assert args[args.index("--max-worker-port") + 1] == "0"

@@ -149,6 +149,14 @@ class LocalCluster:
             "--dashboard-agent-grpc-port", str(agent_grpc),
             "--runtime-env-agent-port", str(env_agent),
             "--metrics-export-port", str(metrics),
+            # Workers (and each driver's core worker) bind ports the OS picks, as a
+            # ray.init() node's do: `ray start` otherwise gives every node the same
+            # range from 10002, and two nodes on one machine (pytest-xdist workers) can
+            # hand out the same port, which aborts the process that loses (Ray's
+            # "Failed to start the grpc server ... port is 10002": a pytest worker
+            # crashed so in CI).
+            "--min-worker-port", "0",
+            "--max-worker-port", "0",
             *self.extra_args,
         ]  # fmt: skip
         # RAY_AUTH_MODE=disabled: a loopback test cluster; without it, `ray start` turns
