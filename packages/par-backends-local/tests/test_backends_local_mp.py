@@ -218,6 +218,34 @@ def test_backends_mp_sigkill_gives_worker_died_error(mp_backend: Multiprocessing
     assert rec.outs == [other] and other.done()
 
 
+@pytest.mark.parametrize("maxtasksperchild", [None, 5])
+def test_backends_mp_worker_dead_before_the_watcher_looks_still_fails_its_batch(
+    monkeypatch: pytest.MonkeyPatch, maxtasksperchild: int | None
+) -> None:
+    # The watcher thread of a new pool may first run after a worker already died (a task
+    # that dies at once, on a busy machine): reading ``exitcode`` then reaps that worker,
+    # whose sentinel is never waited on. The batch must still fail, not wait for ever.
+    from par_backends_local.multiprocessing import _PoolState
+
+    watch = _PoolState._watch
+
+    def late_watch(self: _PoolState) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and all(p.exitcode is None for p in self.processes.values()):
+            time.sleep(0.01)
+        watch(self)
+
+    monkeypatch.setattr(_PoolState, "_watch", late_watch)
+    backend = MultiprocessingBackend(maxtasksperchild=maxtasksperchild)
+    try:
+        backend.configure(1)
+        dying = backend.submit(batch((os._exit, 3)))
+        with pytest.raises(WorkerDiedError, match="exited with code 3"):
+            dying.result(timeout=15)
+    finally:
+        backend.terminate()
+
+
 def test_backends_mp_callback_submitting_after_a_worker_death_does_not_deadlock(
     mp_backend: MultiprocessingBackend,
 ) -> None:

@@ -249,18 +249,22 @@ class _PoolState:
                 # Workers are replaced when they reach maxtasksperchild: follow the list.
                 for proc in _pool_processes(self.pool):
                     self.processes.setdefault(proc.pid, proc)
-            procs = [p for p in self.processes.values() if p.exitcode is None]
-            sentinels = {p.sentinel: p for p in procs}
-            try:
-                ready = wait([self._wake_r, *sentinels], timeout=0.5 if self.recycles_workers else None)
-            except OSError:  # pipe closed under us at shutdown
-                return
-            if self.closing:
-                return
-            dead = [sentinels[s] for s in ready if s in sentinels]
-            if self.recycles_workers:
-                # (_exitcode waits a moment: the pool's own thread may be reaping it)
-                dead = [p for p in dead if _exitcode(p) != 0]
+            # A worker may already be gone when this loop comes round: it died before this
+            # thread first ran (a task that dies at once in a new pool) or between two
+            # rounds. Reading ``exitcode`` reaps it here, or the pool's own thread did, and
+            # its sentinel is then never waited on: it must count as dead now.
+            dead, sentinels = self._exited_workers()
+            if not dead:
+                try:
+                    ready = wait([self._wake_r, *sentinels], timeout=0.5 if self.recycles_workers else None)
+                except OSError:  # pipe closed under us at shutdown
+                    return
+                if self.closing:
+                    return
+                dead = [sentinels[s] for s in ready if s in sentinels]
+                if self.recycles_workers:
+                    # (_exitcode waits a moment: the pool's own thread may be reaping it)
+                    dead = [p for p in dead if _exitcode(p) != 0]
             if not dead:
                 continue
             if self.closing:
@@ -274,6 +278,25 @@ class _PoolState:
             # The pool would replace the worker but never finish its task: discard it.
             self.shutdown(kill=True, from_watcher=True)
             return
+
+    def _exited_workers(self) -> tuple[list[Any], dict[Any, Any]]:
+        """The workers that already died, and the sentinels of those still running. A
+        worker that exited with code 0 died only if the pool does not recycle workers (a
+        recycled one is forgotten here)."""
+        dead: list[Any] = []
+        sentinels: dict[Any, Any] = {}
+        for pid, proc in list(self.processes.items()):
+            try:
+                code = proc.exitcode
+            except ValueError:  # process object closed by the pool
+                code = 0
+            if code is None:
+                sentinels[proc.sentinel] = proc
+            elif code != 0 or not self.recycles_workers:
+                dead.append(proc)
+            else:
+                del self.processes[pid]
+        return dead, sentinels
 
     # -- shutdown ---------------------------------------------------------------------
     def shutdown(
