@@ -270,14 +270,6 @@ def _start_workers(executor: Any, n: int) -> None:
     import) starts them at ``configure``, so that this set-up runs while the workers
     start. The workers are the executor's like any other: reused by later calls, ended
     by ``abort_everything`` or after ``idle_worker_timeout``.
-
-    The first spawn of the process also starts loky's and multiprocessing's resource
-    trackers (two more interpreters: ~0.16 s of CPU together, as much as one and a half
-    workers, and the trackers are not needed before something is registered with them,
-    which goes through a pipe). ``configure`` makes those started by the executor's
-    creation and its workers' start run :data:`TRACKER_NICENESS` nicer than this
-    process, so that on a machine with few CPUs the workers, not the
-    trackers' start, get the CPUs first: the first results come when a worker is ready.
     """
     if len(_worker_processes(executor)) >= n:
         return
@@ -308,7 +300,16 @@ def _tracker_pids() -> set[int]:
 
 def _lower_priority(pids: set[int]) -> None:
     """Make ``pids`` :data:`TRACKER_NICENESS` nicer than this process (at most 19), where
-    the OS has ``setpriority``; a failure (the process is gone) changes nothing."""
+    the OS has ``setpriority``; a failure (the process is gone) changes nothing.
+
+    Used for the resource trackers. The first spawn of the process also starts loky's
+    and multiprocessing's (two more interpreters: ~0.16 s of CPU together, as much as one
+    and a half workers, and not needed before something is registered with them, which
+    goes through a pipe). ``configure`` makes those started by the executor's creation
+    and its workers' start (:func:`_start_workers`) run nicer than this process, so that
+    on a machine with few CPUs the workers, not the trackers' start, get the CPUs first:
+    the first results come when a worker is ready.
+    """
     if not pids or not hasattr(os, "setpriority"):
         return
     try:
