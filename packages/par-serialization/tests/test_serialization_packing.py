@@ -136,3 +136,52 @@ def test_mixed_argument_counts_in_one_function_batch_round_trip() -> None:
     tasks = [(max, (1, 5), {}), (max, ([3],), {}), (max, ([4],), {})]
     results, _ = _roundtrip(tasks)
     assert results == [5, 3, 4]
+
+
+def test_short_numeric_results_are_left_to_the_pool_pickler() -> None:
+    from par_serialization import _batch
+
+    with BatchSerializer() as serializer:
+        numbers = serializer(DuckBatch([(abs, (-i,), {}) for i in range(3)] + [(float, (2,), {})]))
+        nones = serializer(DuckBatch([(print, (), {"end": ""})]))
+        text = serializer(DuckBatch([(str, (5,), {})]))
+        many = serializer(DuckBatch([(abs, (-i,), {}) for i in range(_batch.PLAIN_MAX_RESULTS + 1)]))
+    out = pickle.loads(pickle.dumps(numbers, protocol=5))()
+    # not pickled in the worker a second time: the pool pickles the list itself ...
+    assert type(out) is _batch._PlainResults
+    assert out == [0, 1, 2, 2.0]
+    back = pickle.loads(pickle.dumps(out, protocol=5))
+    assert type(back) is list and back == [0, 1, 2, 2.0]  # ... and the parent gets a list
+    assert type(back[3]) is float
+    assert type(pickle.loads(pickle.dumps(nones, protocol=5))()) is _batch._PlainResults
+    # anything else (a str could be large, a subclass could need a reducer) goes through
+    # the call's strategy, as do long lists
+    assert type(pickle.loads(pickle.dumps(text, protocol=5))()) is _batch._PickledResults
+    assert type(pickle.loads(pickle.dumps(many, protocol=5))()) is _batch._PickledResults
+
+
+def test_the_calls_shared_header_is_pickled_once_and_unpickled_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from par_serialization import _batch, _results
+
+    reduced: list[int] = []
+    reduce = _results.ResultSpec.__reduce__
+
+    def counting_reduce(self: Any) -> Any:
+        reduced.append(1)
+        return reduce(self)
+
+    monkeypatch.setattr(_results.ResultSpec, "__reduce__", counting_reduce)
+    monkeypatch.setattr(_batch, "_HEADERS", {})
+    nested = ("sequential", 1)
+    with BatchSerializer() as serializer:
+        sent = [serializer(DuckBatch([(abs, (-i,), {})], nested, i)) for i in range(3)]
+        assert len(reduced) == 1  # the result spec (and nested, the batch type) once per call
+        other = serializer(DuckBatch([(abs, (-1,), {})], ("threading", 2), 3))
+        assert len(reduced) == 2  # another nested: a new header
+    results = [pickle.loads(pickle.dumps(s, protocol=5))() for s in sent]
+    assert results == [[0], [1], [2]]
+    assert len(_batch._HEADERS) == 1  # one header kept in the worker for the three batches
+    assert pickle.loads(pickle.dumps(other, protocol=5))() == [1]
+    assert len(_batch._HEADERS) == 2

@@ -419,6 +419,8 @@ class parallel_backend(parallel_config):
 class _nested_scope:
     """Configuration applied by a worker around the tasks of a batch (see BatchedCalls)."""
 
+    __slots__ = ("_layer",)
+
     def __init__(self, backend: Any, n_jobs: int | None) -> None:
         layer: dict[str, Any] = {"__nested__": True}
         if backend is not None:

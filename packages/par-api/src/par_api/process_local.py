@@ -17,6 +17,10 @@ __all__ = ["ProcessLocal"]
 
 T = TypeVar("T")
 
+#: Forked children reset every ProcessLocal (``os.register_at_fork``): an object that is
+#: set is this process's. Without the hook, the pid is compared.
+_AT_FORK = hasattr(os, "register_at_fork")
+
 
 class ProcessLocal(Generic[T]):
     """``get()`` returns this process's ``factory()``: built on the first call in each
@@ -27,21 +31,25 @@ class ProcessLocal(Generic[T]):
         self._value: T | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
-        if hasattr(os, "register_at_fork"):
+        if _AT_FORK:
             # A fork taken while another thread held the lock would leave it held for ever
             # in the child: the child starts with a fresh one.
             os.register_at_fork(after_in_child=self._after_fork)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
+        # the parent's object is not this process's: the child builds its own (get() then
+        # needs no getpid() system call, made once per batch by the process backends)
+        self._value = None
+        self._pid = None
 
     def get(self) -> T:
         """This process's object, built now if it has none yet."""
-        pid = os.getpid()
         value = self._value
-        if self._pid == pid and value is not None:
+        if value is not None and (_AT_FORK or self._pid == os.getpid()):
             return value
         with self._lock:
+            pid = os.getpid()
             if self._pid != pid or self._value is None:
                 self._value = self._factory()
                 self._pid = pid

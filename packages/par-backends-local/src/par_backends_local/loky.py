@@ -65,6 +65,18 @@ def _worker_processes(executor: Any) -> dict[int, Any]:
         return {}
 
 
+def _all_known(executor: Any, known: Mapping[int, Any]) -> bool:
+    """Whether every current worker of the executor is in ``known`` (no copy of loky's
+    table: this runs at every submit)."""
+    processes = getattr(executor, "_processes", None)
+    if not isinstance(processes, Mapping):
+        return True
+    try:
+        return processes.keys() <= known.keys()
+    except RuntimeError:  # resized concurrently
+        return False
+
+
 class LokyBackend(ProcessBackendBase):
     """Worker processes from loky's reusable executor (the default backend).
 
@@ -180,10 +192,9 @@ class LokyBackend(ProcessBackendBase):
             loky_future = executor.submit(payload)
         if self._recycles or self.task_timeout is not None:  # restarts the user asked for
             _recycling.quiet_loky_recycling(executor)
-        workers = _worker_processes(executor)
-        if workers.keys() - self._workers.keys():
+        if not _all_known(executor, self._workers):
             with self._lock:
-                self._workers.update(workers)
+                self._workers.update(_worker_processes(executor))
         known_workers = self._workers
 
         out: Future[Any] = Future()

@@ -298,8 +298,10 @@ _TRANSITIONS: dict[State, frozenset[State]] = {
     S.ABORTED: frozenset({S.CLOSED}),
     S.CLOSED: frozenset(),
 }
-_DISPATCHING = frozenset({S.RUNNING})
-_ACCEPTING = frozenset({S.RUNNING, S.DRAINED})  # completions are recorded
+# tuples, not sets: membership by identity, without Enum.__hash__ (a Python call) at
+# each of the few checks per batch
+_DISPATCHING = (S.RUNNING,)
+_ACCEPTING = (S.RUNNING, S.DRAINED)  # completions are recorded
 
 
 class _Call:

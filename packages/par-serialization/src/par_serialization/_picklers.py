@@ -12,7 +12,6 @@ the whole object is pickled again with cloudpickle's Pickler and the same reduce
 
 from __future__ import annotations
 
-import contextlib
 import copyreg
 import gc
 import importlib
@@ -22,7 +21,7 @@ import os
 import pickle
 import threading
 from collections import ChainMap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import CodeType, FunctionType
 from typing import Any
@@ -36,8 +35,23 @@ from ._tokens import _TOKEN_CACHE
 from ._wrap import _WRAPPED_CLASS_MARK, ByValueReducible, _class_holder, _swap_class
 
 
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
+class _GcPaused:
+    """The context manager :func:`gc_paused` returns (a class: a generator-based context
+    manager costs ~2 us per use, paid several times per batch on each side)."""
+
+    __slots__ = ("_was_enabled",)
+
+    def __enter__(self) -> None:
+        self._was_enabled = was_enabled = gc.isenabled()
+        if was_enabled:
+            gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._was_enabled:
+            gc.enable()
+
+
+def gc_paused() -> _GcPaused:
     """Pause the cyclic garbage collector while (un)pickling a batch.
 
     A batch of 100,000 small tasks allocates hundreds of thousands of containers, and
@@ -46,14 +60,7 @@ def gc_paused() -> Iterator[None]:
     create garbage cycles, so nothing is lost; if the collector was already disabled
     (by the user), it is left disabled.
     """
-    was_enabled = gc.isenabled()
-    if was_enabled:
-        gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+    return _GcPaused()
 
 
 #: The environment variable that selects the pickler (read by loky too).
@@ -384,6 +391,10 @@ _CLOUD_CODE: dict[type, Reducer] = {
 }
 
 
+#: A pickle larger than this (bytes) is not made by a kept pickler the next time.
+REUSE_MAX_BYTES = 1 << 16
+
+
 class Strategy:
     """One pickling strategy (a choice, extra reducers, a protocol) and its cache.
 
@@ -416,6 +427,8 @@ class Strategy:
             blob_threshold=blob_threshold,
         )
         self.fallbacks = 0
+        self._reuse_lock = threading.Lock()
+        self._kept: tuple[io.BytesIO, list[pickle.PickleBuffer], _FastPickler] | None = None
         self._custom_class: Any = None
         if choice.name not in (AUTO, "pickle", "cloudpickle"):
             base = choice.pickler_class
@@ -438,6 +451,36 @@ class Strategy:
             pickler_class(buf, self, buffer_callback).dump(obj)
         return buf.getvalue()
 
+    def _dump_reusing(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+        """``dumps_oob`` with the strategy's kept ``_FastPickler`` (``_reuse_lock`` held):
+        making a pickler and its file costs more than pickling a one-task batch. Its memo
+        is cleared after each use (it would keep the objects pickled alive); a pickle
+        larger than :data:`REUSE_MAX_BYTES` drops it (its memo table stays allocated), as
+        does a failure."""
+        kept = self._kept
+        if kept is None:
+            buf = io.BytesIO()
+            buffers: list[pickle.PickleBuffer] = []
+            kept = self._kept = (buf, buffers, _FastPickler(buf, self, buffers.append))
+        buf, buffers, pickler = kept
+        try:
+            with gc_paused():
+                pickler.dump(obj)
+            data = buf.getvalue()
+            out = list(buffers)
+        except BaseException:
+            self._kept = None
+            raise
+        finally:
+            pickler.clear_memo()
+            buffers.clear()
+        if len(data) > REUSE_MAX_BYTES:
+            self._kept = None
+        else:
+            buf.seek(0)
+            buf.truncate()
+        return data, out
+
     def dumps_oob(self, obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         """Pickle ``obj`` with large buffers out of band (protocol 5 ``PickleBuffer``s, e.g.
         numpy arrays' data): returns the pickle and the buffers, which reference the
@@ -451,6 +494,11 @@ class Strategy:
         if name == "cloudpickle":
             return self._dump(_CloudFallbackPickler, obj, buffers.append), buffers
         try:
+            if self._reuse_lock.acquire(blocking=False):
+                try:
+                    return self._dump_reusing(obj)
+                finally:
+                    self._reuse_lock.release()
             return self._dump(_FastPickler, obj, buffers.append), buffers
         except Exception:
             if name == "pickle":
