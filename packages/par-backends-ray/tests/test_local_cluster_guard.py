@@ -56,7 +56,8 @@ class Cluster(LocalCluster):
     def _command(self):
         return [sys.executable, sys.argv[1]] if sys.argv[1] != "ray" else super()._command()
 
-cluster = Cluster(num_cpus=1, object_store_memory=80_000_000, start_timeout=90).start()
+keep = len(sys.argv) > 2 and sys.argv[2] == "keep"
+cluster = Cluster(num_cpus=1, object_store_memory=80_000_000, start_timeout=90, end_with_parent=not keep).start()
 if sys.argv[1] == "ray":  # a driver with busy workers, as a pytest worker running a test
     import ray
     ray.init(address=cluster.address, logging_level="ERROR")
@@ -159,6 +160,35 @@ def test_ray_cluster_ends_when_its_owner_is_sigkilled(tmp_path):
     monitor, workers) and the temp dir are gone within seconds."""
     took = _kill_owner_and_check(tmp_path, "ray")
     print(f"the Ray session ended {took:.1f} s after its owner's death")
+
+
+@pytest.mark.timeout(120)
+def test_cluster_with_end_with_parent_false_outlives_its_owner_until_ray_stop(tmp_path):
+    """end_with_parent=False: the node keeps running after its owner's death; when it
+    stops (`ray stop`: SIGTERM to `ray start`), the guard removes what is left and its
+    temp dir, and ends."""
+    node = tmp_path / "polite_node.py"
+    node.write_text(textwrap.dedent(POLITE_NODE))
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(OWNER))
+    owner = subprocess.Popen([sys.executable, str(script), str(node), "keep"], stdout=subprocess.PIPE, text=True)
+    info = None
+    try:
+        info = json.loads(owner.stdout.readline())
+        sid, pids, guard, temp_dir = info["sid"], info["pids"], info["guard"], info["temp_dir"]
+        owner.kill()
+        owner.wait(30)
+        time.sleep(1)  # the guard polls every 0.2 s: it would have ended the session by now
+        assert all(alive(p) for p in pids) and alive(guard) and Path(temp_dir).is_dir()
+        os.kill(sid, signal.SIGTERM)  # what `ray stop` does
+        assert _wait_for(lambda: not session_members(sid) and not alive(guard), 30)
+        assert _wait_for(lambda: not Path(temp_dir).exists(), 5)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+        owner.wait()
+        owner.stdout.close()
+        _cleanup(info)
 
 
 class _Node(LocalCluster):
