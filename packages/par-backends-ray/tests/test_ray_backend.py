@@ -571,8 +571,10 @@ def test_kill_when_created_waits_for_creation_at_most_its_timeout(monkeypatch):
     kills = []
 
     def fake_wait(refs, num_returns, timeout):
-        done = [r for r in refs if r in created]
-        return done, [r for r in refs if r not in created]
+        done = [r for r in refs if r in created][:num_returns]
+        if not done:
+            time.sleep(min(timeout, 0.05))
+        return done, [r for r in refs if r not in done]
 
     monkeypatch.setattr(_actors.ray, "wait", fake_wait)
     monkeypatch.setattr(_actors.ray, "kill", lambda actor, no_restart: kills.append(actor))

@@ -116,7 +116,7 @@ class _Reaper:
                 first_deadline = min(deadline for _, deadline in self._waiting.values())
             try:
                 wait = min(max(first_deadline - time.monotonic(), 0.0), 1.0)  # 1 s: see new ones
-                done, _ = ray.wait(refs, num_returns=len(refs), timeout=wait)
+                done, _ = ray.wait(refs, num_returns=1, timeout=wait)  # wakes at the first done
             except Exception:  # the runtime is gone, and its actors with it
                 done = refs
             now = time.monotonic()
