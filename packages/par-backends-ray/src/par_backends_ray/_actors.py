@@ -97,7 +97,7 @@ class _Reaper:
     def add(self, actor: Any, ready: Any, timeout: float) -> None:
         with self._lock:
             self._waiting[ready] = (actor, time.monotonic() + timeout)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="par-ray-reaper", daemon=True)
                 self._thread.start()
 
@@ -107,18 +107,29 @@ class _Reaper:
             thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._reap()
+        finally:  # an unexpected error: the next add() starts a new thread
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _reap(self) -> None:
         while True:
             with self._lock:
                 if not self._waiting:
-                    self._thread = None
+                    self._thread = None  # under the lock: a later add() starts a new thread
                     return
                 refs = list(self._waiting)
                 first_deadline = min(deadline for _, deadline in self._waiting.values())
             try:
                 wait = min(max(first_deadline - time.monotonic(), 0.0), 1.0)  # 1 s: see new ones
                 done, _ = ray.wait(refs, num_returns=1, timeout=wait)  # wakes at the first done
-            except Exception:  # the runtime is gone, and its actors with it
-                done = refs
+            except BaseException:  # the runtime is gone (ray.shutdown: SystemExit), and its actors
+                with self._lock:
+                    self._waiting.clear()
+                    self._thread = None
+                return
             now = time.monotonic()
             finished = set(done)
             with self._lock:
