@@ -209,10 +209,21 @@ def _worker_functions():
     def always_fail_init():
         raise ValueError("cannot load the model")
 
-    return fails, info, pid_then_sleep, sleep_then, fail_first_init, always_fail_init
+    def gated_init(folder):
+        """The first actor to start passes; the others wait until ``folder/gate`` exists."""
+        try:
+            os.close(os.open(os.path.join(folder, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return
+        except FileExistsError:
+            pass
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(folder, "gate")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    return fails, info, pid_then_sleep, sleep_then, fail_first_init, always_fail_init, gated_init
 
 
-fails, info, pid_then_sleep, sleep_then, fail_first_init, always_fail_init = _worker_functions()
+fails, info, pid_then_sleep, sleep_then, fail_first_init, always_fail_init, gated_init = _worker_functions()
 
 
 def test_ray_effective_n_jobs_counts_cluster_cpus(cluster):
@@ -506,6 +517,80 @@ def test_ray_abort_stops_the_batches_running_on_actors(cluster, tmp_path):
         backend.terminate()
 
 
+def test_ray_abort_kills_an_actor_only_once_ray_created_it(cluster, tmp_path, monkeypatch):
+    """A ray.kill that reaches an actor's worker between its lease and the start of its
+    creation is ignored by the worker ("Mismatched ActorID: ignoring KillActor ...,
+    current actor ID: NIL_ID") while Ray marks the actor dead: the worker keeps its CPU
+    (CI, Ray 2.60: after an abort the new actors' batches never ran). The driver cannot
+    see that window, so an actor whose creation has not completed (here: held in its
+    initializer) is killed only once it has; meanwhile its batches are cancelled and
+    none of them runs. Was: killed at once, with the actor that runs a batch."""
+    from par_backends_ray import _actors
+
+    kills = []
+    real_kill = ray.kill
+
+    def recording_kill(actor, **kwargs):
+        kills.append(actor)
+        return real_kill(actor, **kwargs)
+
+    monkeypatch.setattr(_actors.ray, "kill", recording_kill)
+    gate = tmp_path / "gate"
+    backend = RayBackend(initializer=gated_init, initargs=(str(tmp_path),))
+    backend.configure(n_jobs=2)
+    try:
+        backend.start_call()
+        paths = [tmp_path / f"pid-{i}" for i in range(4)]
+        outs = [backend.submit(one(pid_then_sleep, str(path), 60)) for path in paths]  # two per actor
+        assert _wait_for(lambda: any(p.exists() and p.read_text() for p in paths), 60), "no batch started"
+        # the actor that passed its initializer runs a batch; the other one waits in it
+        (created,) = {out.handle for out, path in zip(outs, paths, strict=True) if path.exists()}
+        (held,) = [actor for actor in backend._pool.actors if actor != created]
+        backend.abort_everything(ensure_ready=True)
+        backend.stop_call()
+        assert _wait_for(lambda: created in kills, 10), "the actor running a batch was not killed"
+        assert held not in kills, "an actor still being created was killed"
+        gate.touch()
+        assert _wait_for(lambda: held in kills, 60), "the actor was not killed once created"
+        got = [_outcome(backend, out, timeout=45) for out in outs]
+        assert [g[0] for g in got] == ["CancelledError"] * 4, got
+        assert len([p for p in paths if p.exists()]) == 1  # nothing ran on the held actor
+        assert run_batches(backend, [one(abs, -i) for i in range(4)]) == [[0], [1], [2], [3]]  # new actors
+    finally:
+        gate.touch()
+        backend.terminate()
+
+
+def test_kill_when_created_waits_for_creation_at_most_its_timeout(monkeypatch):
+    """The rule, without Ray: an actor whose ready() call is done (or that has none) is
+    killed at once; one that Ray has not created is killed once it has or, if that never
+    happens, at the timeout (its thread then ends)."""
+    from par_backends_ray import _actors
+
+    created = {"ref-a"}
+    kills = []
+
+    def fake_wait(refs, num_returns, timeout):
+        done = [r for r in refs if r in created][:num_returns]
+        if not done:
+            time.sleep(min(timeout, 0.05))
+        return done, [r for r in refs if r not in done]
+
+    monkeypatch.setattr(_actors.ray, "wait", fake_wait)
+    monkeypatch.setattr(_actors.ray, "kill", lambda actor, no_restart: kills.append(actor))
+    _actors.kill_when_created([("a", "ref-a"), ("b", None), ("c", "ref-c"), ("d", "ref-d")], timeout=30)
+    assert kills == ["a", "b"]  # created (or no ref): at once
+    created.add("ref-c")
+    assert _wait_for(lambda: "c" in kills, 10)  # once created
+    assert "d" not in kills
+    _actors.kill_when_created([("e", "ref-e")], timeout=0.2)
+    assert _wait_for(lambda: "e" in kills, 10)  # never created: at its timeout
+    created.add("ref-d")
+    _actors._reaper.join(10)
+    assert sorted(kills) == ["a", "b", "c", "d", "e"]
+    assert not [t for t in threading.enumerate() if t.name == "par-ray-reaper"]
+
+
 def test_ray_actor_whose_initializer_raised_is_replaced(cluster, tmp_path):
     """An actor whose initializer raised is dead for good (Ray does not restart it): its
     batch fails with a WorkerDiedError naming the initializer and a new actor takes its
@@ -513,7 +598,9 @@ def test_ray_actor_whose_initializer_raised_is_replaced(cluster, tmp_path):
     backend = RayBackend(initializer=fail_first_init, initargs=(str(tmp_path / "started"),))
     backend.configure(n_jobs=1)
     try:
-        with pytest.raises(WorkerDiedError, match=r"its initializer \S*fail_first_init raised: ValueError: cannot load"):
+        with pytest.raises(
+            WorkerDiedError, match=r"its initializer \S*fail_first_init raised: ValueError: cannot load"
+        ):
             run_batches(backend, [one(abs, -1)])
         assert run_batches(backend, [one(abs, -2), one(abs, -3)]) == [[2], [3]]
     finally:

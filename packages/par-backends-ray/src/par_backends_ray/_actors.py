@@ -22,12 +22,24 @@ interrupt a running actor task. An initializer that raises kills its actor for g
 the initializer, whose cause carries its error, and a new actor takes its place for the
 next batches (at most one replacement per actor of the pool: an initializer that keeps
 failing is not run again and again; the batches sent to a dead actor then fail at once).
+
+An actor is killed only once Ray has created it (:func:`kill_when_created`): a
+``ray.kill`` that reaches Ray between the lease of the actor's worker and the start of
+its creation task is ignored by that worker ("Mismatched ActorID: ignoring KillActor for
+previous actor ..., current actor ID: NIL_ID" in Ray's log) while Ray marks the actor
+dead, and the worker keeps its lease, and the actor's CPU, until the driver exits (seen
+in CI with Ray 2.60: after an abort, the new actors never got that CPU and their batches
+never ran). That window cannot be seen from the driver, so an actor whose creation has
+not completed (``ready()``, its first call) is killed by a thread of the driver
+(``par-ray-reaper``) as soon as it has, or after :data:`CREATION_WAIT` seconds; the
+batches sent to it are cancelled first (``ray.cancel``: queued actor tasks never start).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,10 +47,14 @@ import ray
 
 from ._task import run_batch, run_batch_timed
 
-__all__ = ["TASK_ONLY_OPTIONS", "ActorPool"]
+__all__ = ["CREATION_WAIT", "TASK_ONLY_OPTIONS", "ActorPool", "kill_when_created"]
 
 #: Ray task options that actors do not take (par sets the actors' restart policy).
 TASK_ONLY_OPTIONS = frozenset({"max_retries", "retry_exceptions", "max_calls"})
+
+#: Seconds a kill waits for Ray to create the actor (it may be waiting for a CPU) before
+#: killing it anyway (see the module docstring).
+CREATION_WAIT = 60.0
 
 
 class ParWorker:
@@ -47,6 +63,10 @@ class ParWorker:
     def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
         if initializer is not None:
             initializer(*initargs)
+
+    def ready(self) -> bool:
+        """The actor's first call: done once Ray has created the actor (or failed to)."""
+        return True
 
     def run(self, batch: Any, *values: Any) -> list[Any]:
         return run_batch(batch, *values)
@@ -63,6 +83,86 @@ def _remote_class() -> Any:
     if _actor_class is None:
         _actor_class = ray.remote(ParWorker)
     return _actor_class
+
+
+class _Reaper:
+    """Kills actors once their ``ready()`` ref resolves (created, or failed to be), or at
+    their deadline; one thread (``par-ray-reaper``) while some wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[Any, tuple[Any, float]] = {}  # ready ref -> (actor, deadline)
+        self._thread: threading.Thread | None = None
+
+    def add(self, actor: Any, ready: Any, timeout: float) -> None:
+        with self._lock:
+            self._waiting[ready] = (actor, time.monotonic() + timeout)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="par-ray-reaper", daemon=True)
+                self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._reap()
+        finally:  # an unexpected error: the next add() starts a new thread
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _reap(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._thread = None  # under the lock: a later add() starts a new thread
+                    return
+                refs = list(self._waiting)
+                first_deadline = min(deadline for _, deadline in self._waiting.values())
+            try:
+                wait = min(max(first_deadline - time.monotonic(), 0.0), 1.0)  # 1 s: see new ones
+                done, _ = ray.wait(refs, num_returns=1, timeout=wait)  # wakes at the first done
+            except BaseException:  # the runtime is gone (ray.shutdown: SystemExit), and its actors
+                with self._lock:
+                    self._waiting.clear()
+                    self._thread = None
+                return
+            now = time.monotonic()
+            finished = set(done)
+            with self._lock:
+                due = [
+                    self._waiting.pop(ref)[0]
+                    for ref in refs
+                    if ref in finished or self._waiting[ref][1] <= now
+                ]
+            for actor in due:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+
+
+_reaper = _Reaper()
+
+
+def kill_when_created(actors: list[tuple[Any, Any]], timeout: float | None = None) -> None:
+    """Kill each ``(actor, ready ref)``: at once if Ray has created it (its ``ready()``
+    call is done, or there is no ref), else as soon as Ray has, or after ``timeout``
+    (:data:`CREATION_WAIT`) seconds (see the module docstring)."""
+    if not actors:
+        return
+    refs = [ready for _, ready in actors if ready is not None]
+    created: set[Any] = set()
+    if refs:
+        with contextlib.suppress(Exception):
+            created = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+    for actor, ready in actors:
+        if ready is None or ready in created:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        else:
+            _reaper.add(actor, ready, CREATION_WAIT if timeout is None else timeout)
 
 
 class ActorPool:
@@ -83,15 +183,31 @@ class ActorPool:
         options.setdefault("num_cpus", 1)  # an actor holds its CPU as a loky worker would
         cls = _remote_class().options(max_restarts=-1, max_task_retries=0, **options)
         self.initializer = initializer
-        self._new: Callable[[], Any] = lambda: cls.remote(initializer, initargs)
+        self._make: Callable[[], Any] = lambda: cls.remote(initializer, initargs)
+        self._lock = threading.Lock()
+        self._ready: dict[Any, Any] = {}  # actor -> the ref of its ready() call
         self.actors = [self._new() for _ in range(max(n, 1))]
         self._load = [0] * len(self.actors)
-        self._lock = threading.Lock()
         self._dead: dict[int, Any] = {}  # index -> the dead actor, replaced at the next submit
         #: Actors started in place of ones whose initializer raised; at most one per
         #: actor of the pool, then a dead actor stays dead (its batches fail at once).
         self.init_replacements = 0
         self._replacing: set[Any] = set()  # actors started for an initializer that raised
+
+    def _new(self) -> Any:
+        """A new actor, and its ``ready()`` call (first in its queue). Not under the lock
+        (Ray calls; see the class docstring)."""
+        actor = self._make()
+        ready = actor.ready.remote()
+        with self._lock:
+            self._ready[actor] = ready
+        return actor
+
+    def _kill(self, actors: list[Any]) -> None:
+        """Kill ``actors`` once Ray has created them (:func:`kill_when_created`)."""
+        with self._lock:
+            doomed = [(actor, self._ready.pop(actor, None)) for actor in actors]
+        kill_when_created(doomed)
 
     def submit(self, name: str, timed: bool, batch: Any, refs: list[Any]) -> tuple[Any, int, Any]:
         """Send the batch; returns ``(ObjectRef or ObjectRefGenerator, actor index, actor)``."""
@@ -111,11 +227,11 @@ class ActorPool:
         """Kill actor ``index`` (the batches sent to it fail) and put a new one in its
         place (its initializer runs; batches sent to it wait until it is up). Not from a
         Ray callback (see the class docstring)."""
+        new = self._new()
         with self._lock:
-            old, self.actors[index] = self.actors[index], self._new()
+            old, self.actors[index] = self.actors[index], new
             self._dead.pop(index, None)
-        with contextlib.suppress(Exception):
-            ray.kill(old, no_restart=True)
+        self._kill([old])
 
     def mark_dead(self, index: int, actor: Any, init_failed: bool) -> tuple[bool, bool]:
         """Actor ``index`` (``actor``) died under a batch; safe in a Ray callback.
@@ -136,27 +252,30 @@ class ActorPool:
     def _replace_dead(self) -> None:
         with self._lock:
             dead, self._dead = self._dead, {}
-            for index, actor in dead.items():
+        unused = []
+        for index, actor in dead.items():
+            with self._lock:
+                if self.actors[index] is not actor:  # replaced meanwhile (an abort)
+                    continue
+            new = self._new()
+            with self._lock:
                 if self.actors[index] is actor:
-                    self.actors[index] = self._new()
-                    self._replacing.add(self.actors[index])
-        for actor in dead.values():
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
+                    self.actors[index] = new
+                    self._replacing.add(new)
+                else:  # replaced meanwhile (an overrun's timeout)
+                    unused.append(new)
+        self._kill([*dead.values(), *unused])
 
     def abort(self, indexes: set[int], replace: bool) -> None:
         """Stop the batches running or queued on actors ``indexes`` (``ray.cancel`` does
         not interrupt a running actor task): replace those actors (``replace``: the
         backend stays usable), else kill them (the pool is about to be killed)."""
-        for index in sorted(indexes):
-            if replace:
+        if replace:
+            for index in sorted(indexes):
                 self.replace(index)
-            else:
-                with contextlib.suppress(Exception):
-                    ray.kill(self.actors[index], no_restart=True)
+        else:
+            self._kill([self.actors[index] for index in sorted(indexes)])
 
     def kill(self) -> None:
-        for actor in self.actors:
-            with contextlib.suppress(Exception):
-                ray.kill(actor, no_restart=True)
+        self._kill(self.actors)
         self.actors = []

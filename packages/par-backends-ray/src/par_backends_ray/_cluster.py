@@ -6,14 +6,18 @@ with a temp dir of its own, so that several clusters (pytest-xdist workers, othe
 users of the machine) never share a port or a session. :meth:`LocalCluster.stop` ends
 exactly the processes of that session (``ray stop`` would end every Ray process of the
 machine, other people's too) and checks that none is left.
+
+The node is started by a *guard* process (:mod:`par_backends_ray._session`), which ends
+the session, as :meth:`LocalCluster.stop` does, when the process that started the
+cluster dies in any way (``SIGKILL`` included): no cluster outlives its owner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from . import _session
+from ._session import alive, end_session, session_members
 
 __all__ = ["LocalCluster", "session_members"]
 
@@ -42,41 +49,20 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def session_members(sid: int) -> list[int]:
-    """Live (not zombie) processes of the session ``sid`` (Linux ``/proc``). Ray puts its
-    workers in process groups of their own, but they stay in the session."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def _end_with_parent() -> None:
-    """In the child before ``exec``: SIGTERM when the parent thread ends (Linux
-    ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-
-
 class LocalCluster:
     """``ray start --head --block --num-cpus N`` on 127.0.0.1 (see the module docstring).
 
     Use it as a context manager or call :meth:`start` and :meth:`stop`. ``address`` is
     ``'127.0.0.1:PORT'``, for ``ray.init(address=...)``, ``RAY_ADDRESS`` or
     ``parallel_config(backend='ray', address=...)``; ``log`` is the file holding the
-    output of ``ray start``. ``end_with_parent`` (Linux): ``ray start`` gets SIGTERM, and
-    stops the node, when the thread that started it ends, even by ``os._exit`` (a test
-    process ended by pytest-timeout), so that no cluster outlives its test run.
+    output of ``ray start``.
+
+    ``end_with_parent`` (Linux): when the process that started the cluster ends, however
+    it ends (``os._exit`` when pytest-timeout ends a test process, ``SIGKILL``, a crash),
+    its guard process ends the session as :meth:`stop` does, within
+    :data:`~par_backends_ray._session.GRACE` seconds and a few more: every process of the
+    node and its temp dir are gone. ``end_with_parent=False``: the node outlives its
+    owner, until ``ray stop`` (the guard then removes what is left, temp dir included).
     """
 
     def __init__(
@@ -95,7 +81,8 @@ class LocalCluster:
         self.address: str | None = None
         self.temp_dir: str | None = None
         self.log: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._guard: subprocess.Popen[bytes] | None = None
+        self._leader: int | None = None  # `ray start`'s pid, the id of the Ray session
 
     def start(self) -> LocalCluster:
         """Start the head node; return when it accepts drivers (``RuntimeError`` with the
@@ -163,20 +150,41 @@ class LocalCluster:
         # token authentication on whenever ~/.ray/auth_token exists (Ray >= 2.5x)
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
-        with open(self.log, "wb") as log:
-            self._proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=_end_with_parent if self.end_with_parent else None,
-            )  # fmt: skip
+        # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: on SIGTERM, `ray start` stops its node at
+        # once instead of draining it first (up to 30 s since Ray 2.5x; a test cluster
+        # serves no traffic to drain)
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+        spec = {
+            "owner": os.getpid(), "args": args, "log": str(self.log), "temp_dir": self.temp_dir,
+            "end_with_parent": self.end_with_parent,
+        }  # fmt: skip
+        # the guard: a session of its own (the owner's terminal signals and process group
+        # kills do not reach it); -I: it imports nothing but the standard library
+        self._guard = guard = subprocess.Popen(
+            [sys.executable, "-I", _session.__file__, json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True,
+        )  # fmt: skip
+        assert guard.stdout is not None
+        line = guard.stdout.readline()
+        try:
+            self._leader = int(json.loads(line)["leader"])
+        except (ValueError, KeyError, TypeError):
+            guard.kill()
+            guard.wait()
+            self._guard = None
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            raise RuntimeError(
+                f"the guard of the Ray node did not start ray start (it said {line!r})"
+            ) from None
 
     def _wait_started(self, deadline: float) -> tuple[bool, str]:
         """(started, the end of the log) once ``ray start`` says the node runs, exits,
         or the deadline passes."""
-        assert self._proc is not None and self.log is not None
+        assert self._leader is not None and self.log is not None
         while time.monotonic() < deadline:
             if "Ray runtime started" in self.log.read_text(errors="replace"):
                 return True, ""
-            if self._proc.poll() is not None:
+            if not alive(self._leader):
                 break
             time.sleep(0.2)
         return False, self.log.read_text(errors="replace")[-4000:]
@@ -184,46 +192,46 @@ class LocalCluster:
     @property
     def session(self) -> int | None:
         """The session id of the cluster's processes (``os.getsid`` in a task)."""
-        return self._proc.pid if self._proc is not None else None
+        return self._leader
+
+    @property
+    def guard_pid(self) -> int | None:
+        """The pid of the guard process, which started ``ray start`` and ends the session
+        when the owner dies (not in the session)."""
+        return self._guard.pid if self._guard is not None else None
 
     def pids(self) -> list[int]:
         """The live processes of the cluster (its session: ``ray start`` runs in a new
         one), workers included."""
-        return session_members(self._proc.pid) if self._proc is not None else []
+        return session_members(self._leader) if self._leader is not None else []
 
     def stop(self, timeout: float = 30) -> None:
-        """End the cluster's processes (SIGTERM to ``ray start --block``, which stops the
-        node's processes; then SIGKILL to each process left in its session) and remove
-        its temp dir. ``RuntimeError`` if one of them is still alive afterwards."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        """End the cluster's processes and remove its temp dir, by the rule of
+        :func:`par_backends_ray._session.end_session` (``SIGTERM`` to ``ray start --block``,
+        which stops the node's processes; ``SIGKILL`` to each process left in its
+        session after a few seconds), which the guard applies (and would apply had the
+        owner died). If the guard is gone or does not answer within ``timeout`` seconds,
+        this process applies the rule itself. ``RuntimeError`` if a process of the
+        session is still alive afterwards."""
+        guard, self._guard = self._guard, None
+        leader, self._leader = self._leader, None
+        if guard is None or leader is None:
             return
+        left: list[int] | None = None
         try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-            deadline = time.monotonic() + timeout
-            while session_members(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            left = session_members(proc.pid)
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                deadline = time.monotonic() + 10
-                while session_members(proc.pid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-            left = session_members(proc.pid)
-            if left:
-                raise RuntimeError(f"Ray processes {left} of the cluster at {self.address} are still alive")
-        finally:
-            if self.temp_dir is not None:
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
+            out, _ = guard.communicate(b"stop\n", timeout=timeout)
+            for line in reversed(out.decode(errors="replace").splitlines()):
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    left = [int(pid) for pid in json.loads(line)["left"]]
+                    break
+        except subprocess.TimeoutExpired:
+            guard.kill()
+            guard.wait()
+        if left is None:  # the guard was killed, or stuck: the same rule, from here
+            left = end_session(leader, self.temp_dir)
+        left = [pid for pid in left if alive(pid)]
+        if left:
+            raise RuntimeError(f"Ray processes {left} of the cluster at {self.address} are still alive")
 
     def __enter__(self) -> LocalCluster:
         return self.start()

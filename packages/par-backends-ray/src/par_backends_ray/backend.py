@@ -598,9 +598,11 @@ class RayBackend(ParallelBackendBase):
         process of a running one is ended (Ray starts another), as loky ends its workers
         on an abort; ``force=False`` (a ``KeyboardInterrupt`` in the task) was not always
         delivered (CI's fresh environments: running tasks ran to their end). Actor tasks
-        (no ``force`` for them, and a running one is not interrupted): the actors with
-        batches of the call are killed, and replaced when ``ensure_ready`` (the backend
-        stays usable, e.g. inside ``with Parallel(...)``). Every batch completes: those
+        (no ``force`` for them, and a running one is not interrupted): cancelled (queued
+        ones never start), and the actors with batches of the call are killed (one that
+        Ray has not created yet, once it has: ``_actors.kill_when_created``), and replaced
+        when ``ensure_ready`` (the backend stays usable, e.g. inside
+        ``with Parallel(...)``). Every batch completes: those
         under a per-task timeout whose results are not known yet get a
         ``CancelledError``. The runtime stays."""
         with self._lock:
@@ -618,6 +620,12 @@ class RayBackend(ParallelBackendBase):
             if entry.pool is not None:
                 busy.setdefault(id(entry.pool), set()).add(entry.actor)
                 pools[id(entry.pool)] = entry.pool
+                # a queued actor task never starts; a running one is not interrupted
+                # (its actor is killed below). An actor that Ray has not created yet is
+                # killed only once it has (_actors.kill_when_created): meanwhile nothing
+                # of this call may run on it
+                with contextlib.suppress(Exception):
+                    ray.cancel(entry.gen if entry.gen is not None else entry.ref, recursive=False)
             else:
                 with contextlib.suppress(Exception):
                     ray.cancel(entry.gen if entry.gen is not None else entry.ref, force=True, recursive=True)
