@@ -274,9 +274,12 @@ def test_an_error_stops_the_running_actor_batches(on_ray, tmp_path, probe):
     with Parallel(n_jobs=2, initializer=init_state, initargs=("a",), batch_size=1) as parallel:
         with pytest.raises(LookupError, match="no item 1"):
             # task 1 fails once task 0 has started (before: when task 0's actor started
-            # after task 1 failed, the abort came first and task 0 never ran)
+            # after task 1 failed, the abort came first and task 0 never ran). Only task
+            # 1 fails: task 3, queued behind it on the same actor, failed too, and under
+            # load its error could reach the driver first ("no item 3", 1 run in 30).
             parallel(
-                delayed(fail_when_exists)(str(path), i) if i else delayed(pid_then_sleep)(str(path), 0) for i in range(4)
+                delayed(fail_when_exists)(str(path), i) if i == 1 else delayed(pid_then_sleep)(str(path), i)
+                for i in range(4)
             )
         assert probe.wait_until(lambda: path.exists() and path.read_text(), 10)
         # the actor would live on to the block's end (its batch sleeps 60 s): it was killed
