@@ -38,12 +38,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _end_with_this_process() -> None:
+    """(In the child, before exec.) On Linux, a SIGTERM when the process that started it
+    ends, so that a test process killed before the fixture's teardown (pytest-timeout's
+    thread method, a killed xdist worker) leaves no cluster behind: the scheduler and
+    the nannies shut down cleanly on SIGTERM, ending their workers."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def _spawn(args: list[str], log) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dask", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: killed as a whole at the end
+        preexec_fn=_end_with_this_process,
     )
 
 
