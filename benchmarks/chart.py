@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from workloads import WORKLOADS  # noqa: E402
 
-COLORS = {"par": "#1f77b4", "joblib": "#ff7f0e", "mpire": "#7f7f7f"}
+COLORS = {"par": "#1f77b4", "joblib": "#ff7f0e", "mpire": "#7f7f7f", "pebble": "#2ca02c", "loky": "#9467bd"}
 
 
 def _values(wres: dict[str, Any], lib: str, metric: str) -> list[float]:

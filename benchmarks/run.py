@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 MARKER = "BENCH_RESULT "
-LIBS = ("par", "joblib", "mpire", "pebble")
+LIBS = ("par", "joblib", "mpire", "pebble", "loky")
 # Unset in the subprocess of the numpy workloads when set: they pin OpenBLAS's kernel
 # and cache size for the test machines, which is not what a user's numpy would run with.
 OPENBLAS_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -300,8 +300,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
     p.add_argument(
         "--libs",
-        default="par,joblib,mpire,pebble",
-        help="comma-separated among par, joblib, mpire, pebble (mpire and pebble run only where a workload has them)",
+        default="par,joblib,mpire,pebble,loky",
+        help=(
+            "comma-separated among par, joblib, mpire, pebble, loky (raw loky's map, the floor under"
+            " par's default backend); mpire, pebble and loky run only where a workload has them"
+        ),
     )
     p.add_argument(
         "--out",

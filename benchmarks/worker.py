@@ -20,8 +20,8 @@ MARKER = "BENCH_RESULT "
 
 def main(argv: list[str]) -> int:
     """Runs the workload named in ``argv`` and prints its result line; returns the exit code."""
-    if len(argv) < 2 or argv[1] not in ("par", "joblib", "mpire", "pebble"):
-        print("usage: worker.py WORKLOAD {par,joblib,mpire,pebble} [--quick]", file=sys.stderr)
+    if len(argv) < 2 or argv[1] not in ("par", "joblib", "mpire", "pebble", "loky"):
+        print("usage: worker.py WORKLOAD {par,joblib,mpire,pebble,loky} [--quick]", file=sys.stderr)
         return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from workloads import WORKLOADS

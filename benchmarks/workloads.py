@@ -26,6 +26,7 @@ library nor numpy).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import itertools
 import os
@@ -116,6 +117,24 @@ def warm_up(m: ModuleType, **kwargs: Any) -> None:
     this module and the library's worker-side modules during the measured call (seen as
     a 6-47 ms late start of the second worker in ``cpu``, for par and for joblib)."""
     m.Parallel(n_jobs=N_JOBS, **kwargs)(m.delayed(warm_task)(i) for i in range(2 * N_JOBS))
+
+
+def _loky_executor() -> Any:
+    """Raw loky's reusable executor with the two workers warm: the pool under par's and
+    joblib's default backend, without either library."""
+    from loky import get_reusable_executor
+
+    executor = get_reusable_executor(max_workers=N_JOBS)
+    list(executor.map(warm_task, range(2 * N_JOBS)))
+    return executor
+
+
+def _loky_map(executor: Any, n: int) -> list[Any]:
+    """``noop`` over ``range(n)`` with raw loky's ``map``: plain ints, no ``delayed``
+    objects for the caller to make, in chunks of at most 10,000 (par's largest auto
+    batch) and at least 4 per worker. The floor that par's dispatch is compared with."""
+    chunk = min(10_000, max(1, n // (4 * N_JOBS)))
+    return list(executor.map(noop, range(n), chunksize=chunk))
 
 
 def _mpire_pool(**kwargs: Any) -> Any:
@@ -225,7 +244,13 @@ def w_micro(lib: str, p: dict[str, Any]) -> dict[str, float]:
     bottleneck; joblib dispatches from its callback thread). ``generator_us``: what the
     user's generator alone costs in the calling thread (:func:`generator_floor_us`)."""
     n, out = p["n"], {}
-    if lib == "mpire":
+    if lib == "loky":
+        executor = _loky_executor()
+        with timer(out, "time_s"):
+            c0, p0 = time.thread_time(), time.process_time()
+            res = _loky_map(executor, n)
+            cpu, pcpu = time.thread_time() - c0, time.process_time() - p0
+    elif lib == "mpire":
         with _mpire_pool() as pool:
             pool.map(noop, range(4))
             with timer(out, "time_s"):
@@ -483,13 +508,21 @@ def w_asyncio_heartbeat(lib: str, p: dict[str, Any]) -> dict[str, float]:
 def w_scaling(lib: str, p: dict[str, Any]) -> dict[str, float]:
     """``micro`` at growing sizes: the cost per task (µs) at each size."""
     out: dict[str, float] = {}
-    m = api(lib)
-    warm_up(m)
+    if lib == "loky":
+        executor = _loky_executor()
+        call = functools.partial(_loky_map, executor)
+    else:
+        m = api(lib)
+        warm_up(m)
+
+        def call(n: int) -> list[Any]:
+            return m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(n))
+
     for exp in p["exps"]:
         n = 10**exp
         gc.collect()
         t0 = time.perf_counter()
-        res = m.Parallel(n_jobs=N_JOBS)(m.delayed(noop)(i) for i in range(n))
+        res = call(n)
         out[f"us_per_task_1e{exp}"] = (time.perf_counter() - t0) / n * 1e6
         assert len(res) == n
         del res
@@ -851,7 +884,7 @@ _W: list[Workload] = [
             "generator_us": Metric("µs", chart=False),
         },
         (Target("time_s", "ratio", "<=", 0.3), Target("us_per_task", "par", "<=", 0.5)),
-        refs=("mpire",),
+        refs=("mpire", "loky"),
     ),
     Workload(
         "micro_threads",
@@ -977,6 +1010,7 @@ _W: list[Workload] = [
             "flatness": Metric("x", chart=False),
         },
         (Target("us_per_task_1e6", "par", "<=", 0.4), Target("flatness", "par", "<=", 1.5)),
+        refs=("loky",),
     ),
     Workload(
         "batch_adapt",

@@ -17,13 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "benchmarks" / "run.py"
 
 
-def quick_par_run(tmp_path: Path, workloads: str, timeout: float) -> tuple[subprocess.CompletedProcess[str], dict]:
+def quick_par_run(
+    tmp_path: Path, workloads: str, timeout: float, libs: str = "par"
+) -> tuple[subprocess.CompletedProcess[str], dict]:
     """``run.py --quick --reps 1 --libs par`` of ``workloads``: the process and its JSON."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
             *(sys.executable, str(RUN), "--workloads", workloads, "--quick", "--reps", "1"),
-            *("--libs", "par", "--out", str(out), "--no-chart"),
+            *("--libs", libs, "--out", str(out), "--no-chart"),
         ],
         capture_output=True,
         text=True,
@@ -56,6 +58,21 @@ def test_bench_quick_par_only_writes_results(tmp_path: Path) -> None:
             assert wres["summary"][metric]["ratio"] is None  # no joblib run to compare with
         assert all(t["value"] is None and t["met"] is None for t in wres["targets"] if t["kind"] == "ratio")
     assert "micro" in proc.stdout and "par/joblib" in proc.stdout  # the printed table
+
+
+@pytest.mark.timeout(90)
+def test_bench_raw_loky_runs_where_a_workload_compares_with_it(tmp_path: Path) -> None:
+    """``--libs loky``: raw loky's ``map`` (no par, no ``delayed``), the floor under par's
+    default backend, runs in ``micro`` and ``scaling`` and nowhere else."""
+    _, results = quick_par_run(tmp_path, "micro,scaling,many_calls", timeout=80, libs="par,loky")
+    for name, metric in (("micro", "us_per_task"), ("scaling", "us_per_task_1e3")):
+        wres = results["workloads"][name]
+        assert list(wres["runs"]) == ["par", "loky"]
+        (run,) = wres["runs"]["loky"]
+        assert "error" not in run, run
+        assert run["metrics"][metric] > 0
+        assert wres["summary"][metric]["loky"] == run["metrics"][metric]
+    assert list(results["workloads"]["many_calls"]["runs"]) == ["par"]
 
 
 def test_bench_rejects_unknown_names() -> None:
