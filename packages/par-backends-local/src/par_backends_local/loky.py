@@ -49,15 +49,22 @@ TRACKER_NICENESS = 10
 _BACKEND_KWARGS = ("initializer", "initargs", "idle_worker_timeout")
 
 
-def _worker_processes(executor: Any) -> dict[int, Any]:
-    """pid -> process object of the executor's current workers.
+def _loky_processes(executor: Any) -> Mapping[int, Any] | None:
+    """loky's live table pid -> process object of the executor's current workers, or
+    None when this loky has none.
 
-    The one place that reads loky internals (``ProcessPoolExecutor._processes``); it is
+    The one place that reads loky internals (``ProcessPoolExecutor._processes``). It is
     only used to name the pid of a worker that died, so a missing attribute just means
     the pid is not reported.
     """
     processes = getattr(executor, "_processes", None)
-    if not isinstance(processes, Mapping):
+    return processes if isinstance(processes, Mapping) else None
+
+
+def _worker_processes(executor: Any) -> dict[int, Any]:
+    """A copy of :func:`_loky_processes`' table (empty when there is none)."""
+    processes = _loky_processes(executor)
+    if processes is None:
         return {}
     try:
         return dict(processes)
@@ -68,8 +75,8 @@ def _worker_processes(executor: Any) -> dict[int, Any]:
 def _all_known(executor: Any, known: Mapping[int, Any]) -> bool:
     """Whether every current worker of the executor is in ``known`` (no copy of loky's
     table: this runs at every submit)."""
-    processes = getattr(executor, "_processes", None)
-    if not isinstance(processes, Mapping):
+    processes = _loky_processes(executor)
+    if processes is None:
         return True
     try:
         return processes.keys() <= known.keys()
