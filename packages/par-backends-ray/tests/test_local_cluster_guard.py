@@ -109,6 +109,16 @@ def _cleanup(info):
     shutil.rmtree(info["temp_dir"], ignore_errors=True)
 
 
+def _end_owner(owner, info):
+    """A test's last step, passed or failed: the owner process is gone, and so is what
+    its cluster left (:func:`_cleanup`)."""
+    if owner.poll() is None:
+        owner.kill()
+    owner.wait()
+    owner.stdout.close()
+    _cleanup(info)
+
+
 def _kill_owner_and_check(tmp_path, node, how=signal.SIGKILL, bound=45):
     """Start the owner with ``node`` ('ray' or a stand-in script), kill it with ``how``,
     return the seconds until its whole cluster was gone."""
@@ -136,11 +146,7 @@ def _kill_owner_and_check(tmp_path, node, how=signal.SIGKILL, bound=45):
         assert _wait_for(lambda: not Path(temp_dir).exists(), 5), f"{temp_dir} was not removed"
         return took
     finally:
-        if owner.poll() is None:
-            owner.kill()
-        owner.wait()
-        owner.stdout.close()
-        _cleanup(info)
+        _end_owner(owner, info)
 
 
 @pytest.mark.timeout(120)
@@ -184,11 +190,7 @@ def test_cluster_with_end_with_parent_false_outlives_its_owner_until_ray_stop(tm
         assert _wait_for(lambda: not session_members(sid) and not alive(guard), 30)
         assert _wait_for(lambda: not Path(temp_dir).exists(), 5)
     finally:
-        if owner.poll() is None:
-            owner.kill()
-        owner.wait()
-        owner.stdout.close()
-        _cleanup(info)
+        _end_owner(owner, info)
 
 
 class _Node(LocalCluster):
