@@ -73,6 +73,20 @@ def test_patch_bump_within_range_writes_version_and_changelog(tree: Path) -> Non
     assert bump_version.main(["--check", "--packages-root", str(tree)]) == 0
 
 
+def test_bump_turns_the_unreleased_heading_into_the_version(tree: Path) -> None:
+    changelog = tree / "core" / "CHANGELOG.md"
+    changelog.write_text("# Changelog\n\n## Unreleased\n\n- A fix.\n\n## 0.1.0\n\n- First release.\n")
+    assert bump_version.main(["core", "patch", "--packages-root", str(tree)]) == 0
+    assert changelog.read_text() == "# Changelog\n\n## 0.1.1\n\n- A fix.\n\n## 0.1.0\n\n- First release.\n"
+    assert bump_version.main(["--check", "--packages-root", str(tree)]) == 0
+
+
+def test_check_reports_a_heading_written_twice(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tree / "core" / "CHANGELOG.md").write_text("# Changelog\n\n## 0.1.0\n\n## 0.1.0\n\n- First release.\n")
+    assert bump_version.main(["--check", "--packages-root", str(tree)]) == 1
+    assert "has the heading `## 0.1.0` more than once" in capsys.readouterr().out
+
+
 def test_minor_bump_names_the_dependent_whose_range_excludes_it(
     tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

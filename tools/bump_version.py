@@ -10,15 +10,15 @@ Usage::
     python tools/bump_version.py --check
     (either with --packages-root DIR; default: this repository's packages/)
 
-A bump writes the new ``__version__``, adds a ``## X.Y.Z`` heading at the top of the
-package's CHANGELOG.md, then checks every other package's requirement on NAME
+A bump writes the new ``__version__``, turns the package's CHANGELOG.md heading
+``## Unreleased`` into ``## X.Y.Z`` (or adds that heading at the top), then checks every other package's requirement on NAME
 (``dependencies`` and ``optional-dependencies``). A range that does not admit the new
 version is printed with the dependent's name, and the exit code is 1: widen those
 ranges (and bump those packages) before releasing. ``--dry-run`` writes nothing.
 
 ``--check`` (run in CI) writes nothing and exits 1 when a package's range on another
 par package does not admit that package's current version, or when a package's
-CHANGELOG.md has no heading for its current version.
+CHANGELOG.md has no heading for its current version or has a heading twice.
 """
 
 from __future__ import annotations
@@ -150,11 +150,16 @@ def unmet_ranges(packages: dict[str, Package], name: str, version: Version) -> l
 
 
 def add_changelog_heading(pkg: Package, version: Version) -> bool:
-    """Put ``## <version>`` above the newest entry of CHANGELOG.md; False if already there."""
+    """Turn CHANGELOG.md's ``## Unreleased`` heading into ``## <version>``, or, without
+    one, put ``## <version>`` above the newest entry; False if already there."""
     changelog = pkg.folder / "CHANGELOG.md"
     text = changelog.read_text() if changelog.exists() else "# Changelog\n"
     if has_heading(text, version):
         return False
+    unreleased = re.search(r"^##[ \t]+Unreleased[ \t]*$", text, re.MULTILINE | re.IGNORECASE)
+    if unreleased:
+        changelog.write_text(text[: unreleased.start()] + f"## {version}" + text[unreleased.end() :])
+        return True
     heading = f"## {version}\n\n"
     first = re.search(r"^## ", text, re.MULTILINE)
     if first:
@@ -200,8 +205,12 @@ def check(root: Path) -> int:
         version = pkg.version
         problems += unmet_ranges(packages, pkg.name, version)
         changelog = pkg.folder / "CHANGELOG.md"
-        if not changelog.exists() or not has_heading(changelog.read_text(), version):
+        text = changelog.read_text() if changelog.exists() else ""
+        if not has_heading(text, version):
             problems.append(f"{pkg.name}: {changelog} has no `## {version}` heading")
+        headings = re.findall(r"^##[ \t]+(.+?)[ \t]*$", text, re.MULTILINE)
+        for twice in sorted({h for h in headings if headings.count(h) > 1}):
+            problems.append(f"{pkg.name}: {changelog} has the heading `## {twice}` more than once")
     versions = ", ".join(f"{p.name} {p.version}" for p in packages.values())
     if problems:
         for line in problems:
