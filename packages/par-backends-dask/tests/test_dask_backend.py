@@ -371,6 +371,96 @@ def test_dask_watch_gives_up_with_a_clear_error(quick_watch, client, monkeypatch
         quick_watch.retrieve_result_callback(got[0])
 
 
+def _is_batch(key):
+    return str(key).startswith("par-") and not str(key).startswith("par-probe-")
+
+
+def _register_late(monkeypatch, seconds):
+    """Make the scheduler (in this process) register each submitted par graph, batches
+    and probes, ``seconds`` late, as a scheduler under load may: until then it does not
+    know the keys (``get_task_status`` answers None). Returns the keys delayed."""
+    import distributed.scheduler as scheduler_module
+
+    original = scheduler_module._materialize_graph  # run in the scheduler's offload thread
+    delayed = []
+
+    def materialize(*args, **kwargs):
+        out = original(*args, **kwargs)
+        keys = [str(k) for k in out[0] if str(k).startswith("par-")]
+        if keys:
+            delayed.extend(keys)
+            time.sleep(seconds)
+        return out
+
+    monkeypatch.setattr(scheduler_module, "_materialize_graph", materialize)
+    return delayed
+
+
+def test_dask_watch_waits_for_a_scheduler_slow_to_register_a_batch(quick_watch, monkeypatch, caplog):
+    # The scheduler does not know the batch for 2 s, far beyond watch_after + watch_grace:
+    # slow, not lost. The watch sees it from a probe submitted after the batch that the
+    # scheduler does not know either, and neither submits the batch again nor gives up
+    # (before: resubmitted at 0.8 s, then a RuntimeError after max_recoveries).
+    quick_watch.max_recoveries = 1
+    delayed = _register_late(monkeypatch, 2.0)
+    with caplog.at_level("WARNING", logger="par_backends_dask"):
+        future, got = _submit_and_wait(quick_watch, one(abs, -4))
+    assert got == [future]  # its own future: not submitted again
+    assert quick_watch.retrieve_result_callback(future) == [4]
+    assert [r.getMessage() for r in caplog.records if r.name == "par_backends_dask"] == []
+    assert [k for k in delayed if _is_batch(k)] == [future.key]
+    assert any(k.startswith("par-probe-") for k in delayed)  # the watch looked and probed
+
+
+def test_dask_watch_fails_a_batch_when_the_scheduler_stalls_past_watch_stall(quick_watch, monkeypatch):
+    # never a hang: a scheduler that has not registered the probe after watch_stall
+    # seconds fails the waiting batch with an error naming the stall
+    quick_watch.watch_stall = 0.5
+    _register_late(monkeypatch, 3.0)
+    _, got = _submit_and_wait(quick_watch, one(abs, -4))
+    assert len(got) == 1
+    with pytest.raises(RuntimeError, match=r"has not registered the par batch .*watch_stall=0\.5 s"):
+        quick_watch.retrieve_result_callback(got[0])
+
+
+def _drop_submissions(scheduler, monkeypatch, times):
+    """Make ``scheduler`` ignore the first ``times`` submissions of par batches (not of
+    probes): a submission lost on its way, which it never registers."""
+    original = scheduler.stream_handlers["update-graph"]
+    dropped = []
+
+    async def update_graph(**kwargs):
+        keys = [str(k) for k in kwargs.get("keys") or ()]
+        if len(dropped) < times and any(_is_batch(k) for k in keys):
+            dropped.extend(keys)
+            return
+        await original(**kwargs)
+
+    monkeypatch.setitem(scheduler.stream_handlers, "update-graph", update_graph)
+    return dropped
+
+
+def test_dask_watch_resubmits_a_batch_the_scheduler_never_registered(
+    quick_watch, cluster, monkeypatch, caplog
+):
+    dropped = _drop_submissions(cluster.scheduler, monkeypatch, times=1)
+    with caplog.at_level("WARNING", logger="par_backends_dask"):
+        future, got = _submit_and_wait(quick_watch, one(abs, -6))
+    assert dropped == [future.key]
+    assert len(got) == 1 and got[0].key != future.key
+    assert quick_watch.retrieve_result_callback(got[0]) == [6]
+    assert "does not know it" in caplog.text and "submitting the batch again (1 of 3)" in caplog.text
+
+
+def test_dask_watch_gives_up_on_a_batch_the_scheduler_never_registers(quick_watch, cluster, monkeypatch):
+    quick_watch.max_recoveries = 1
+    dropped = _drop_submissions(cluster.scheduler, monkeypatch, times=10)
+    _, got = _submit_and_wait(quick_watch, one(abs, -6))
+    assert len(dropped) == 2 and len(got) == 1
+    with pytest.raises(RuntimeError, match=r"does not know it .* 1 times"):
+        quick_watch.retrieve_result_callback(got[0])
+
+
 def test_dask_watch_leaves_long_running_batches_alone(quick_watch, caplog):
     # older than watch_after, but the scheduler has it processing: no recovery
     with caplog.at_level("WARNING", logger="par_backends_dask"):

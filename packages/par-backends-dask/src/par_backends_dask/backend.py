@@ -31,12 +31,18 @@ on the first error, a timeout or an interrupt). What is specific to dask:
   also checks the pending batches: a future that is done but was not reported within
   ``watch_grace`` seconds is completed by the watch; a batch pending for more than
   ``watch_after`` seconds is looked up on the scheduler, and one that the scheduler
-  reports finished (or does not know) while this client still waits for it, for
-  ``watch_grace`` seconds, is submitted again under a new key (with a warning in the
-  log), at most ``max_recoveries`` times before it fails with a ``RuntimeError``, and only
-  while its call is live (never after ``abort_everything``). A lost
-  message thus costs seconds, not a hang (an intermittent hang of nested calls on worker
-  clients was seen in testing, cause not found in dask).
+  reports finished while this client still waits for it, for ``watch_grace`` seconds, is
+  submitted again under a new key (with a warning in the log), at most ``max_recoveries``
+  times before it fails with a ``RuntimeError``, and only while its call is live (never
+  after ``abort_everything``). A batch that the scheduler does not know is lost only once
+  the scheduler knows a probe (a no-op task, ``par-probe-*``) submitted after it: the
+  scheduler reads a client's messages in order, and one under load can take seconds to
+  register a graph (nested calls in full test runs on a loaded 2-core machine failed
+  with "the dask scheduler does not know it ... 3 times in a row": a delay counted as a
+  loss). A batch whose probe the
+  scheduler has still not registered after ``watch_stall`` seconds fails with a
+  ``RuntimeError`` naming the stall. A lost message thus costs seconds, not a hang, and a
+  slow scheduler costs only its delay.
 - **Per-task timeouts** (``task_timeout``, set by the scheduler with ``on_error`` other
   than ``'raise'``): each batch reports its start on its worker
   (:mod:`par_backends_dask._timeouts`), and the watch fails a batch that has run longer
@@ -82,8 +88,10 @@ _JOBLIB_KWARGS = ("scatter", "wait_for_workers_timeout")
 
 
 def _probe_task() -> None:
-    """Run once on the cluster while it has no worker: waiting for its result waits for a
-    first worker (and asks an adaptive cluster for one)."""
+    """A no-op task. Run once on the cluster while it has no worker: waiting for its result
+    waits for a first worker (and asks an adaptive cluster for one). Also the completion
+    watch's probe (``par-probe-*`` keys): the scheduler knowing it tells that it has read
+    every batch this client submitted before it."""
 
 
 def _submit_keywords() -> frozenset[str]:
@@ -147,13 +155,15 @@ class _Watch:
     reports the futures of its batches as they finish (no thread of its own: it waits on
     the client's event loop), and how the thread is woken and stopped."""
 
-    __slots__ = ("_cond", "_poked", "completions", "stopping", "thread")
+    __slots__ = ("_cond", "_poked", "completions", "probe", "stopping", "thread")
 
     def __init__(self, completions: Any) -> None:
         self.completions = completions
         self.stopping = False
         self.thread: threading.Thread | None = None
         self._poked = False
+        # (the probe's dask future, when it was submitted): see DaskBackend._check
+        self.probe: tuple[Any, float] | None = None
         # as_completed notifies this condition for each future it reports
         self._cond: threading.Condition = completions.thread_condition
 
@@ -263,6 +273,10 @@ class DaskBackend(ParallelBackendBase):
     watch_after = 5.0
     watch_grace = 3.0
     max_recoveries = 3
+    #: Seconds the scheduler may take to register what this client submitted (a probe
+    #: submitted after a batch it does not know) before that batch fails with a
+    #: ``RuntimeError``: until then an unknown batch is only slow, never submitted again.
+    watch_stall = 60.0
     #: Seconds ``stop_call``/``abort_everything`` wait for the watch thread to end (it may
     #: be inside a completion callback); a warning is logged if it has not ended by then.
     watch_join_timeout = 10.0
@@ -648,12 +662,13 @@ class DaskBackend(ParallelBackendBase):
                 if check:
                     last_check = now
                     try:
-                        self._check(entries)
+                        self._check(entries, watch)
                     except Exception:
                         _logger.debug("par dask completion watch failed", exc_info=True)
                 watch.wait(max(wake - time.monotonic(), 0.0))
         finally:
             completions.clear()
+            self._drop_probe(watch)
 
     def _time_out(self, entry: _Batch, key: str, ran: float) -> None:
         """Fail the overrunning batch with a ``TimeoutError`` (:meth:`_fail`: its future
@@ -691,7 +706,7 @@ class DaskBackend(ParallelBackendBase):
                     self.watch_join_timeout,
                 )
 
-    def _check(self, entries: list[_Batch]) -> None:
+    def _check(self, entries: list[_Batch], watch: _Watch) -> None:
         now = time.monotonic()
         grace = self.watch_grace
         ask: dict[str, _Batch] = {}
@@ -715,18 +730,67 @@ class DaskBackend(ParallelBackendBase):
                 entry.asked = now
                 ask[str(fut.key)] = entry
         if not ask:
+            self._drop_probe(watch)  # no batch waits for it
             return
         client = self.get_client()
-        states = client.sync(client.scheduler.get_task_status, keys=list(ask), callback_timeout=30)
+        probe = watch.probe
+        keys = list(ask)
+        if probe is not None:
+            keys.append(str(probe[0].key))
+        states = client.sync(client.scheduler.get_task_status, keys=keys, callback_timeout=30)
+        # The scheduler reads the messages of a client in the order they were sent, each
+        # submission to the end: once it knows the probe, it has read every batch
+        # submitted before the probe was.
+        probe_read = probe is not None and states.get(str(probe[0].key)) is not None
         now = time.monotonic()
+        need_probe = wait_probe = False
         for key, entry in ask.items():
             state = states.get(key)
             if state not in (None, "memory", "erred", "released", "forgotten") or entry.future.done():
                 entry.suspect_since = None  # queued or running there: keep waiting
                 continue
             entry.suspect_since = entry.suspect_since or now
+            if state is None:
+                # Unknown there: lost, or not read yet (a scheduler under load may take
+                # seconds to register a graph). Only a probe submitted after the batch
+                # tells which: the batch is lost once the scheduler knows the probe.
+                if probe is None or probe[1] < entry.since:
+                    need_probe = True
+                elif probe_read:
+                    self._recover(entry, key, state)
+                elif now - probe[1] >= self.watch_stall:
+                    self._fail(
+                        entry,
+                        key,
+                        RuntimeError(
+                            f"The dask scheduler has not registered the par batch {key!r}, nor a probe "
+                            f"task submitted after it {now - probe[1]:.0f} s ago (watch_stall="
+                            f"{self.watch_stall:g} s): it has not read what this client (status "
+                            f"{getattr(client, 'status', None)!r}) sent since. The scheduler is overloaded "
+                            f"or the connection stalled; check the scheduler's and this process's logs."
+                        ),
+                    )
+                else:
+                    wait_probe = True  # the scheduler is behind this client: slow, not lost
+                continue
             if now - entry.suspect_since >= grace:
                 self._recover(entry, key, state)
+        if need_probe:
+            self._send_probe(watch, client)
+        elif not wait_probe:
+            self._drop_probe(watch)
+
+    def _send_probe(self, watch: _Watch, client: Any) -> None:
+        """Submit a new probe (a no-op task) for :meth:`_check`, in place of the last one."""
+        self._drop_probe(watch)
+        sent = time.monotonic()  # before the submission: every batch submitted by then precedes it
+        watch.probe = (client.submit(_probe_task, key=f"par-probe-{uuid.uuid4().hex}", pure=False), sent)
+
+    def _drop_probe(self, watch: _Watch) -> None:
+        probe, watch.probe = watch.probe, None
+        if probe is not None:
+            with contextlib.suppress(Exception):  # a closed client has nothing to release
+                probe[0].cancel()
 
     def _recover(self, entry: _Batch, key: str, state: str | None) -> None:
         """The scheduler says ``key`` is over (or unknown) but this client never heard:
